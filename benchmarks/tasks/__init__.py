@@ -1,0 +1,27 @@
+"""Task evaluators: one module per real model, measuring a real task metric before/after quantization.
+
+Every module exposes the same small interface, so benchmarks can loop over ``TASKS``:
+
+- ``default_model_path() -> Path``: where the float model lives (inside an installed wheel, in the
+  repository, or in the shared read-only folder).
+- ``evaluate(model_path, limit=None) -> dict``: ``{"metric": name, "value": float, ..., "n": count}``
+  plus task-specific secondary metrics; ``limit`` keeps only the first ``limit`` evaluation samples.
+- ``calibration_feeds(n) -> list[dict[str, np.ndarray]]``: feeds covering up to ``n`` samples, in
+  small batches, keyed by the model's input names, drawn from data disjoint from the evaluation data.
+
+The modules import only numpy and onnxruntime at import time; magika, rapidocr, Pillow, OpenCV and
+onnx are located or imported when a task runs, so importing this registry never needs them.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import digits, magika, minilm, ppocr_rec
+
+TASKS: dict[str, ModuleType] = {
+    "digits": digits,
+    "magika": magika,
+    "ppocr_rec": ppocr_rec,
+    "minilm": minilm,
+}

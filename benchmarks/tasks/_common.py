@@ -1,0 +1,53 @@
+"""Small helpers shared by the task evaluators.
+
+They live here so that every task finds the repository, the shared read-only folder and the cache
+folder the same way, and builds its onnxruntime session the same way (a difference in session
+options between the float and the quantized run would show up as a fake accuracy change).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import onnxruntime as ort
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_dir() -> Path:
+    """Return the shared read-only folder (models and data that must never be committed).
+
+    ``STATQ_SHARED`` overrides the default ``<repo>/../shared`` so CI or a second checkout can point
+    somewhere else without editing code.
+    """
+    override = os.environ.get("STATQ_SHARED")
+    return Path(override).expanduser().resolve() if override else (REPO_ROOT.parent / "shared").resolve()
+
+
+def cache_dir() -> Path:
+    """Return (and create) the gitignored folder where tasks freeze their prepared data."""
+    path = REPO_ROOT / "benchmarks" / "results" / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_session(model_path: str | os.PathLike[str]) -> ort.InferenceSession:
+    """Open a CPU session with the same options for float and quantized models.
+
+    Full graph optimisation is kept (it is what users run); the fixed options make repeated runs of
+    one model give the same numbers.
+    """
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write a cache file via a temporary name so an interrupted run never leaves a half file."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **cast(dict[str, Any], arrays))  # the stubs fear an `allow_pickle` key
+    os.replace(tmp, path)

@@ -1,0 +1,191 @@
+"""The ``onnx-statq`` command: a thin click layer over :func:`onnx_statq.api.quantize_file`.
+
+``onnx-statq MODEL -o OUT`` is the main job; subcommands (``onnx-statq inspect ...``) share the group. Every
+failure is one line on stderr with a distinct exit code (see :mod:`onnx_statq.errors`); set STATQ_DEBUG=1 to see
+the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .api import quantize_file
+from .codebook import Granularity, Method
+from .config import DEFAULT_MIN_SIZE, QuantConfig
+from .errors import StatqError
+from .report import Report
+
+__all__ = ["entry", "main"]
+
+INTERNAL_ERROR = 70
+
+EXAMPLES = """
+\b
+Examples:
+  onnx-statq model.onnx -o model_q.onnx
+  onnx-statq model.onnx -o model_q.onnx --bits 3 --exclude head/MatMul
+  onnx-statq model.onnx -o model_q.onnx --method kmeans --granularity channel --report report.json
+  onnx-statq model.onnx -o model_q.onnx --config statq.toml --json
+"""
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
+def _table(report: Report) -> str:
+    rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "SQNR dB")]
+    for r in report.layers:
+        rows.append((r.name[:48], r.op, "x".join(map(str, r.shape)), r.representation, str(r.k), str(r.bits),
+                     f"{r.rel_error:.2e}", f"{r.sqnr_db:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    t = report.totals
+    fb, fa = t["file_bytes_before"], t["file_bytes_after"]
+    zb, za = t["zipped_bytes_before"], t["zipped_bytes_after"]
+    lines += [
+        "",
+        f"weights quantized: {t['weights_quantized']}   skipped: {t['weights_skipped']}"
+        + (f" ({_skip_summary(report)})" if report.skipped else ""),
+        f"file:   {_fmt_bytes(fb)} -> {_fmt_bytes(fa)}  ({fb / fa:.2f}x smaller)",
+        f"zipped: {_fmt_bytes(zb)} -> {_fmt_bytes(za)}  ({zb / za:.2f}x smaller)",
+        "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
+    ]
+    if report.verify:
+        lines.append(f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB")
+    return "\n".join(lines)
+
+
+def _skip_summary(report: Report) -> str:
+    counts: dict[str, int] = {}
+    for s in report.skipped:
+        key = "below min-size" if "below min-size" in s.reason else s.reason.split(" (")[0].split(",")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+class _DefaultGroup(click.Group):
+    """Treat ``onnx-statq MODEL ...`` as ``onnx-statq quantize MODEL ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["quantize", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXAMPLES)
+@click.version_option(package_name="onnx-statq")
+def main() -> None:
+    """Shrink an ONNX model: every large weight becomes a small codebook plus low-bit indices.
+
+    The output runs in plain onnxruntime (desktop and mobile). Run `onnx-statq quantize --help` for all options.
+    """
+
+
+@main.command(epilog=EXAMPLES)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the quantized model.")
+@click.option("--bits", type=click.IntRange(1, 8), default=None, help="Index bits per weight (K = 2**bits). [4]")
+@click.option("--method", type=click.Choice([m.value for m in Method]), default=None,
+              help="Codebook fitting: sigma (statistical, default), kmeans, uniform.")
+@click.option("--granularity", type=click.Choice([g.value for g in Granularity]), default=None,
+              help="Who shares a codebook: auto (default), tensor, channel.")
+@click.option("--exclude", multiple=True, help="Node name or op type to leave in float (repeatable).")
+@click.option("--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .toml or .json config (per-node and per-op-type settings); flags override it.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full report as JSON to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
+def quantize(model: Path, output: Path, bits: int | None, method: str | None, granularity: str | None,
+             exclude: tuple[str, ...], min_size: int | None, config_file: Path | None, report_file: Path | None,
+             as_json: bool, no_verify: bool, quiet: bool) -> None:
+    """Quantize MODEL and write it to OUTPUT."""
+    _run(lambda: _quantize(model, output, bits, method, granularity, exclude, min_size, config_file, report_file,
+                           as_json, no_verify, quiet))
+
+
+def _quantize(model: Path, output: Path, bits: int | None, method: str | None, granularity: str | None,
+              exclude: tuple[str, ...], min_size: int | None, config_file: Path | None, report_file: Path | None,
+              as_json: bool, no_verify: bool, quiet: bool) -> None:
+    config = QuantConfig.from_file(config_file) if config_file else QuantConfig()
+    overrides: dict[str, Any] = {k: v for k, v in {"bits": bits, "method": method, "granularity": granularity,
+                                                   "min_size": min_size}.items() if v is not None}
+    if exclude:
+        overrides["exclude"] = tuple(config.exclude) + exclude
+    config = config.with_options(**overrides)
+    show = not quiet and not as_json and sys.stderr.isatty()
+    bar = click.progressbar(length=1, label="quantizing", file=sys.stderr) if show else None
+    if bar is not None:
+        bar.__enter__()
+
+    def progress(done: int, total: int, name: str) -> None:
+        if bar is not None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+    try:
+        report = quantize_file(model, output, config, verify=not no_verify, progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if report_file:
+        report_file.write_text(json.dumps(report.to_dict(), indent=2))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif not quiet:
+        click.echo(_table(report))
+
+
+def _run(job: Any) -> None:
+    """Turn every failure into one line on stderr and a distinct exit code."""
+    try:
+        job()
+    except StatqError as exc:
+        click.echo(f"onnx-statq: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("onnx-statq: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("STATQ_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"onnx-statq: internal error: {type(exc).__name__}: {msg} (set STATQ_DEBUG=1 for details)",
+                   err=True)
+        sys.exit(INTERNAL_ERROR)
+
+
+def entry() -> None:
+    """Console-script entry: click's own usage errors also become one line and exit code 2."""
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("onnx-statq: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"onnx-statq: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    logging.getLogger("onnx_statq").addHandler(logging.NullHandler())
+    entry()

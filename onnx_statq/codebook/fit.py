@@ -1,0 +1,190 @@
+"""Codebook fitting: the statistical method, exact 1-D k-means, and a uniform grid.
+
+Every method maps a ``[G, n]`` group view to float64 levels ``[G, K]``; :func:`fit` then replaces rows that hold at
+most K distinct values by exactly those values (so such tensors round-trip without error), rounds the levels to their
+storage type and sorts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from .assign import assign_rows
+from .stats import few_distinct
+from .types import MAX_BITS, Codebook, LevelDType, Method
+
+__all__ = ["SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "fit", "kmeans_levels", "sigma_levels", "uniform_levels"]
+
+logger = logging.getLogger(__name__)
+
+KMEANS_MAX_ITER = 10000
+SKETCH_BINS = 4096
+SKETCH_STEPS = 48
+SKETCH_SAMPLE = 1 << 18
+
+
+def _level_means(
+    values: np.ndarray, idx: np.ndarray, k: int, weights: np.ndarray | None, prev: np.ndarray
+) -> np.ndarray:
+    """Per-row, per-level (weighted) mean of ``values`` under assignment ``idx``; empty levels keep ``prev``."""
+    g = values.shape[0]
+    flat = idx.astype(np.int64) if g == 1 else (np.arange(g)[:, None] * k + idx)
+    flat = flat.ravel()
+    wv = values if weights is None else values * weights
+    counts = np.bincount(flat, weights=None if weights is None else weights.ravel(), minlength=g * k)
+    sums = np.bincount(flat, weights=wv.ravel(), minlength=g * k)
+    out = prev.copy()
+    used = counts.reshape(g, k) > 0
+    out[used] = sums.reshape(g, k)[used] / counts.reshape(g, k)[used]
+    return np.sort(out, axis=1)
+
+
+class _SortedRuns:
+    """Rows of sorted values with weights, laid end to end so that one binary search serves every row.
+
+    In one dimension every cluster is a contiguous run of sorted values, so a Lloyd step is K-1 binary searches and
+    prefix-sum differences: O(GK log(Gm)) instead of O(GmK). Row ``g`` is mapped into ``[2g, 2g + 1]`` to keep rows
+    apart in the shared search.
+    """
+
+    def __init__(self, values: np.ndarray, weights: np.ndarray) -> None:
+        g, m = values.shape
+        self.lo = values[:, :1]
+        self.span = np.maximum(values[:, -1:] - self.lo, 1e-300)
+        self.off = 2.0 * np.arange(g)[:, None]
+        self.keyed = ((values - self.lo) / self.span + self.off).ravel()
+        self.cw = np.concatenate(([0.0], np.cumsum(weights.ravel())))
+        self.cs = np.concatenate(([0.0], np.cumsum((values * weights).ravel())))
+        self.start = (np.arange(g) * m)[:, None]
+        self.end = self.start + m
+
+    def bounds(self, levels: np.ndarray) -> np.ndarray:
+        """Run boundaries ``[G, K+1]`` of the nearest-level clusters (ties to the lower level)."""
+        thr = ((levels[:, 1:] + levels[:, :-1]) * 0.5 - self.lo) / self.span + self.off
+        inner = np.searchsorted(self.keyed, thr.ravel(), side="right").reshape(thr.shape)
+        inner = np.clip(inner, self.start, self.end)
+        return np.concatenate([self.start, inner, self.end], axis=1)
+
+    def means(self, bounds: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        cnt = self.cw[bounds[:, 1:]] - self.cw[bounds[:, :-1]]
+        sums = self.cs[bounds[:, 1:]] - self.cs[bounds[:, :-1]]
+        out = np.where(cnt > 0, sums / np.where(cnt > 0, cnt, 1.0), prev)
+        return np.sort(out, axis=1)
+
+    def lloyd(self, levels: np.ndarray, max_steps: int) -> tuple[np.ndarray, int]:
+        """Centroid steps until no boundary moves or ``max_steps``; returns levels and the steps taken."""
+        bounds = None
+        for step in range(max_steps):
+            new = self.bounds(levels)
+            if bounds is not None and np.array_equal(new, bounds):
+                return levels, step
+            bounds = new
+            levels = self.means(bounds, levels)
+        return levels, max_steps
+
+
+def _sketch(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts, bin means and bin edges of each row on a grid uniform in asinh of the standardised weight.
+
+    The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
+    a heavy-tailed tensor and its outliers. Rows longer than ``SKETCH_SAMPLE`` are summarised from an evenly strided
+    subsample: the histogram's shape, not its exact counts, is what places the levels.
+    """
+    if x.shape[1] > SKETCH_SAMPLE:
+        x = x[:, :: -(-x.shape[1] // SKETCH_SAMPLE)]
+    g = x.shape[0]
+    xf = x.astype(np.float32)
+    mu = xf.mean(axis=1, keepdims=True, dtype=np.float64)
+    sd = np.sqrt(np.square(xf - mu.astype(np.float32)).mean(axis=1, keepdims=True, dtype=np.float64))
+    sd = np.where(sd > 0, sd, 1.0)
+    u = np.arcsinh((xf - mu.astype(np.float32)) / sd.astype(np.float32))
+    ulo, uhi = u.min(axis=1, keepdims=True).astype(np.float64), u.max(axis=1, keepdims=True).astype(np.float64)
+    span = np.where(uhi > ulo, uhi - ulo, 1.0)
+    b = np.clip(((u - ulo) * (bins / span)).astype(np.int64), 0, bins - 1)
+    flat = (b if g == 1 else np.arange(g)[:, None] * bins + b).ravel()
+    counts = np.bincount(flat, minlength=g * bins).reshape(g, bins).astype(np.float64)
+    sums = np.bincount(flat, weights=x.ravel(), minlength=g * bins).reshape(g, bins)
+    edges = mu + sd * np.sinh(ulo + span * np.linspace(0.0, 1.0, bins + 1)[None, :])
+    centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5 * (edges[:, 1:] + edges[:, :-1]))
+    return counts, centers, edges
+
+
+def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray:
+    """Levels from the weights' statistics: a one-sweep sketch, closed-form placement, one refinement sweep.
+
+    The sketch (counts and means on an asinh grid) is the only statistic the placement reads. Levels start at the
+    quantiles of the cube-root density (Panter-Dite: the point density that minimises squared error), so the
+    clipping range widens with K and follows the tails instead of sitting at a fixed three sigma. At most ``steps``
+    centroid steps on the sketch, whose cost does not depend on the tensor's size, correct the high-resolution
+    approximation for small K and sparse tails; a last sweep sets each level to the mean of its weights.
+    """
+    bins = int(min(SKETCH_BINS, max(16, x.shape[1])))
+    counts, centers, edges = _sketch(x, bins)
+    width = np.maximum(np.diff(edges, axis=1), 1e-300)
+    cum = np.cumsum(np.cbrt(counts / width) * width, axis=1)
+    cum = np.concatenate([np.zeros((x.shape[0], 1)), cum], axis=1)
+    levels = np.empty((x.shape[0], k))
+    for g in range(x.shape[0]):
+        levels[g] = np.interp((np.arange(k) + 0.5) / k * cum[g, -1], cum[g], edges[g])
+    levels, _ = _SortedRuns(centers, counts).lloyd(levels, steps)
+    return _level_means(x, assign_rows(levels, x), k, None, levels)
+
+
+def kmeans_levels(x: np.ndarray, k: int) -> np.ndarray:
+    """Exact 1-D Lloyd k-means per row, to convergence: the Deep Compression baseline, made strong.
+
+    Runs on the sorted values (see :class:`_SortedRuns`), so converging costs little even at K=256. Starting from K
+    equal-count runs uses all K levels and is deterministic.
+    """
+    g, n = x.shape
+    xs = np.sort(x, axis=1)
+    runs = _SortedRuns(xs, np.ones_like(xs))
+    start = np.round(np.linspace(0, n, k + 1)).astype(np.int64)[None, :] + runs.start
+    levels = runs.means(start, np.zeros((g, k)))
+    levels, steps = runs.lloyd(levels, KMEANS_MAX_ITER)
+    if steps == KMEANS_MAX_ITER:
+        logger.debug("k-means stopped after %d iterations before converging (k=%d, n=%d)", steps, k, n)
+    return levels
+
+
+def uniform_levels(x: np.ndarray, k: int) -> np.ndarray:
+    """Evenly spaced levels over each row's range: plain asymmetric integer quantization."""
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    return lo + (hi - lo) * np.linspace(0.0, 1.0, k)[None, :]
+
+
+_METHODS: dict[Method, Callable[[np.ndarray, int], np.ndarray]] = {
+    Method.SIGMA: sigma_levels,
+    Method.KMEANS: kmeans_levels,
+    Method.UNIFORM: uniform_levels,
+}
+
+
+def fit(
+    groups: np.ndarray,
+    bits: int,
+    method: Method | str = Method.SIGMA,
+    level_dtype: LevelDType | str = LevelDType.FLOAT32,
+) -> Codebook:
+    """Fit one codebook of ``2**bits`` levels per row of the ``[G, n]`` group view."""
+    groups = np.asarray(groups)
+    if groups.ndim != 2 or groups.size == 0:
+        raise ValueError(f"fit expects a non-empty [G, n] group view, got shape {groups.shape}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
+    k = 1 << bits
+    x = groups.astype(np.float64)
+    levels = _METHODS[Method(method)](x, k)
+    ldt = LevelDType(level_dtype)
+    np_dtype = np.float16 if ldt == LevelDType.FLOAT16 else np.float32
+    table = np.sort(levels.astype(np_dtype).astype(np.float32), axis=1)
+    for g in range(x.shape[0]):
+        exact = few_distinct(x[g], k, float(x[g].min()), float(x[g].max()))
+        if exact is not None:
+            lv = np.sort(exact.astype(np_dtype).astype(np.float32))
+            table[g, : lv.size] = lv
+            table[g, lv.size :] = lv[-1]
+    return Codebook(levels=table, bits=bits, level_dtype=ldt)

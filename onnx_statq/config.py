@@ -1,0 +1,154 @@
+"""The one typed configuration behind the CLI, the API and the toolchain passes; validated when built.
+
+Settings resolve per node name first, then per op type, then globally, so a user can lift one sensitive layer to 8
+bits without restating everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .codebook import MAX_BITS, Granularity, Method
+from .errors import ConfigError
+
+__all__ = ["Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved"]
+
+DEFAULT_MIN_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Overrides for some nodes; None means 'inherit'."""
+
+    bits: int | None = None
+    method: Method | None = None
+    granularity: Granularity | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits is not None:
+            _check_bits(self.bits)
+        if self.method is not None:
+            object.__setattr__(self, "method", _enum(Method, self.method, "method"))
+        if self.granularity is not None:
+            object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    bits: int
+    method: Method
+    granularity: Granularity
+    skip: bool
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Options of one quantization run. Build it directly, or with :meth:`from_dict` / :meth:`from_file`."""
+
+    bits: int = 4
+    method: Method = Method.SIGMA
+    granularity: Granularity = Granularity.AUTO
+    min_size: int = DEFAULT_MIN_SIZE
+    exclude: tuple[str, ...] = ()
+    channel_tolerance: float = 2.0
+    nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
+    op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        object.__setattr__(self, "method", _enum(Method, self.method, "method"))
+        object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
+        if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 1:
+            raise ConfigError(f"min_size must be a positive integer, got {self.min_size!r}")
+        if not isinstance(self.channel_tolerance, (int, float)) or not self.channel_tolerance >= 1.0:
+            raise ConfigError(f"channel_tolerance must be a number >= 1, got {self.channel_tolerance!r}")
+        if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
+            raise ConfigError("exclude must be a list of node names or op types")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for name in ("nodes", "op_types"):
+            table = {str(k): _layer(v, f"{name}.{k}") for k, v in dict(getattr(self, name)).items()}
+            object.__setattr__(self, name, MappingProxyType(dict(sorted(table.items()))))
+
+    def resolve(self, node_name: str, op_type: str) -> Resolved:
+        """Settings for one consumer node: node name, then op type, then the global values."""
+        chain = [s for s in (self.nodes.get(node_name), self.op_types.get(op_type)) if s is not None]
+        skip = node_name in self.exclude or op_type in self.exclude or any(s.skip for s in chain)
+        return Resolved(
+            bits=next((s.bits for s in chain if s.bits is not None), self.bits),
+            method=next((s.method for s in chain if s.method is not None), self.method),
+            granularity=next((s.granularity for s in chain if s.granularity is not None), self.granularity),
+            skip=skip,
+        )
+
+    def with_options(self, **changes: Any) -> QuantConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["exclude"] = list(self.exclude)
+        out["nodes"] = {k: _layer_dict(v) for k, v in self.nodes.items()}
+        out["op_types"] = {k: _layer_dict(v) for k, v in self.op_types.items()}
+        return {k: (str(v) if isinstance(v, (Method, Granularity)) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuantConfig:
+        """Strict: an unknown key is an error, so a typo never silently falls back to a default."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("a config must be a mapping of option names to values")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"bad config: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QuantConfig:
+        """Read a .json or .toml config file."""
+        p = Path(path)
+        try:
+            text = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text.decode()) if p.suffix == ".toml" else json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _check_bits(bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ConfigError(f"bits must be an integer from 1 to {MAX_BITS}, got {bits!r}")
+
+
+def _enum(kind: Any, value: Any, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be one of {', '.join(m.value for m in kind)}, got {value!r}") from None
+
+
+def _layer(value: Any, where: str) -> LayerSettings:
+    if isinstance(value, LayerSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping")
+    known = {f.name for f in fields(LayerSettings)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    return LayerSettings(**dict(value))
+
+
+def _layer_dict(s: LayerSettings) -> dict[str, Any]:
+    return {f.name: (str(v) if isinstance(v, (Method, Granularity)) else v) for f in fields(s) if (v := getattr(s, f.name))}

@@ -1,0 +1,124 @@
+"""Safe model loading and atomic saving.
+
+Loading refuses external data that would be read from outside the model's folder; saving writes a temp file in the
+destination folder and renames it, so an interrupted or failed run never leaves a partial output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import ExternalDataError, ModelLoadError, OutputError
+
+__all__ = ["TWO_GB", "load_model", "save_model", "zipped_size"]
+
+TWO_GB = 2**31 - 1
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    out = []
+    for t in onnx.external_data_helper._get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            out.append(info.get("location", ""))
+    return out
+
+
+def _check_external(model: onnx.ModelProto, folder: Path) -> None:
+    root = folder.resolve()
+    for loc in _external_locations(model):
+        p = Path(loc)
+        if not loc or p.is_absolute() or ".." in p.parts:
+            raise ExternalDataError(f"external data location {loc!r} is not a plain path inside the model's folder")
+        if (folder / p).is_symlink():
+            raise ExternalDataError(f"external data {loc!r} is a symbolic link; refusing to follow it")
+        resolved = (folder / p).resolve()
+        if root not in resolved.parents and resolved != root:
+            raise ExternalDataError(f"external data {loc!r} resolves outside the model's folder (symlink?)")
+        if not resolved.is_file():
+            raise ExternalDataError(f"external data file {loc!r} is missing next to the model")
+
+
+def load_model(path: str | os.PathLike[str], data_files: list[str] | None = None) -> onnx.ModelProto:
+    """Load and check a model file, with its external data, or raise a one-line typed error.
+
+    ``data_files``, if given, receives the external data file names (they are no longer visible once loaded).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"no such model file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelLoadError(f"{p} is not an ONNX model (no graph or opset)")
+    _check_external(model, p.parent)
+    if data_files is not None:
+        data_files.extend(sorted(set(_external_locations(model))))
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ExternalDataError(f"cannot read external data of {p}: {exc}") from None
+    try:
+        if model.ByteSize() < TWO_GB:
+            onnx.checker.check_model(model)
+        else:
+            onnx.checker.check_model(str(p))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{p} fails the ONNX checker: {first}") from None
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
+    """Write atomically; models over 2 GB go with external data in ``<name>.data``. Returns the files written."""
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory")
+    if not out.parent.is_dir():
+        raise OutputError(f"output folder {out.parent} does not exist")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    try:
+        written = _save_into(model, tmpdir, out.name)
+        final = []
+        for f in written:
+            dest = out.parent / f.name
+            os.replace(f, dest)
+            final.append(dest)
+        return final
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:
+    target = folder / name
+    if model.ByteSize() < TWO_GB and not _external_locations(model):
+        target.write_bytes(model.SerializeToString())
+        return [target]
+    data = f"{name}.data"
+    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    return [target, folder / data]
+
+
+def zipped_size(paths: list[Path]) -> int:
+    """Bytes after deflate, as an app store download or an APK would carry the file."""
+    with tempfile.TemporaryFile() as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+            for p in paths:
+                z.write(p, arcname=p.name)
+        fh.seek(0, os.SEEK_END)
+        return fh.tell()

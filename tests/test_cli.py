@@ -1,0 +1,191 @@
+"""The CLI as users run it: the README's commands, the table and JSON, and every bad-input path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REPO
+from onnx import TensorProto, helper
+
+EXE = [sys.executable, "-m", "onnx_statq.cli"]
+DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def readme_demo_commands() -> list[str]:
+    """The README's first command, minus the set-up steps (venv, activate, pip) this test environment has done."""
+    text = (REPO / "README.md").read_text()
+    first = re.search(r"```bash\n(.+?)\n```", text, re.S)
+    assert first is not None
+    steps = [s.strip() for s in first.group(1).split("&&")]
+    return [s for s in steps if not s.startswith(("python3 -m venv", ". ", "pip "))]
+
+
+def test_readme_demo_command_runs(tmp_path):
+    (tmp_path / "models").symlink_to(REPO / "models")
+    outputs = []
+    for step in readme_demo_commands():
+        argv = shlex.split(step)
+        if argv[0] == "onnx-statq":
+            argv = [*EXE, *argv[1:]]
+        elif argv[0] == "python":
+            argv = [sys.executable, *argv[1:]]
+        res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert res.returncode == 0, res.stderr
+        outputs.append(res.stdout)
+    assert "x smaller" in outputs[0]
+    accs = [float(line.split()[-1]) for line in outputs[-1].strip().splitlines()]
+    assert len(accs) == 2 and accs[1] >= accs[0] - 0.02  # quantized accuracy within 2 points of float
+
+
+def test_readme_test_command_is_what_ci_runs():
+    text = (REPO / "README.md").read_text()
+    second = re.findall(r"```bash\n(.+?)\n```", text, re.S)[1]
+    pytest_cmd = second.split("&&")[-1].strip()
+    assert pytest_cmd in (REPO / ".ci" / "run").read_text()
+
+
+def test_table_json_and_report(tmp_path):
+    out, rep = tmp_path / "q.onnx", tmp_path / "r.json"
+    res = cli(str(DIGITS), "-o", str(out), "--bits", "3", "--report", str(rep))
+    assert res.returncode == 0, res.stderr
+    assert "SQNR dB" in res.stdout and "zipped:" in res.stdout and "verify:" in res.stdout
+    data = json.loads(rep.read_text())
+    assert data["config"]["bits"] == 3 and len(data["layers"]) == 3
+    assert data["totals"]["file_bytes_after"] == out.stat().st_size
+    res = cli(str(DIGITS), "-o", str(out), "--json", "--no-verify")
+    assert json.loads(res.stdout)["verify"] == {}
+
+
+def test_cli_output_is_deterministic(tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert cli(str(DIGITS), "-o", str(a), "-q", "--no-verify").returncode == 0
+    assert cli(str(DIGITS), "-o", str(b), "-q", "--no-verify").returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_help_has_examples():
+    res = cli("quantize", "--help")
+    assert res.returncode == 0 and "Examples:" in res.stdout and "--min-size" in res.stdout
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _no_weight_model(tmp_path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    p = tmp_path / "noweights.onnx"
+    onnx.save(m, p)
+    return p
+
+
+BAD_INPUTS = {
+    "missing file": (lambda t: t / "nope.onnx", [], 3),
+    "not onnx": (lambda t: _write(t / "text.onnx", b"hello, I am not a model\n" * 10), [], 3),
+    "truncated": (lambda t: _write(t / "trunc.onnx", DIGITS.read_bytes()[:5000]), [], 3),
+    "empty file": (lambda t: _write(t / "empty.onnx", b""), [], 3),
+    "no weights": (_no_weight_model, [], 5),
+    "bad bits": (lambda t: DIGITS, ["--bits", "9"], 2),
+    "bad method": (lambda t: DIGITS, ["--method", "magic"], 2),
+    "bad config key": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.json", b'{"bitz": 3}'))], 2),
+    "bad config syntax": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.toml", b"bits = = 3"))], 2),
+    "bad config value": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.json", b'{"bits": "x"}'))], 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_line_error_no_output(tmp_path, case):
+    make, extra, code = BAD_INPUTS[case]
+    src = make(tmp_path)
+    extra = extra(tmp_path) if callable(extra) else extra
+    before = sha(src) if src.exists() else None
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    res = cli(str(src), "-o", str(out), *extra)
+    assert res.returncode == code, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert list(out.parent.iterdir()) == []  # no output, no temp file left behind
+    if before:
+        assert sha(src) == before
+
+
+def test_unwritable_output(tmp_path):
+    res = cli(str(DIGITS), "-o", str(tmp_path / "no" / "such" / "dir" / "q.onnx"))
+    assert res.returncode == 6 and "Traceback" not in res.stderr
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(DIGITS.read_bytes())
+    res = cli(str(src), "-o", str(src))
+    assert res.returncode == 6 and src.read_bytes() == DIGITS.read_bytes()
+
+
+def _external_model(tmp_path: Path, location: str) -> Path:
+    m = onnx.load(DIGITS)
+    onnx.save_model(m, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
+    m2 = onnx.load(tmp_path / "ext.onnx", load_external_data=False)
+    for t in m2.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(m2, tmp_path / "ext.onnx")
+    return tmp_path / "ext.onnx"
+
+
+def test_external_data_in_and_out(tmp_path):
+    src = _external_model(tmp_path, "ext.data")
+    out = tmp_path / "q.onnx"
+    res = cli(str(src), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    onnx.checker.check_model(onnx.load(out))
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../ext.data", "missing.data", "link.data"])
+def test_external_data_outside_folder_is_refused(tmp_path, location):
+    (tmp_path / "m").mkdir()
+    src = _external_model(tmp_path / "m", location)
+    os.symlink(tmp_path / "m" / "ext.data", tmp_path / "outside.data")
+    os.symlink(tmp_path / "outside.data", tmp_path / "m" / "link.data")
+    (tmp_path / "m" / "ext.data").rename(tmp_path / "m" / "moved.data") if location == "missing.data" else None
+    res = cli(str(src), "-o", str(tmp_path / "q.onnx"))
+    assert res.returncode == 4, res.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_quantized_digits_matches_float_predictions(tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "q.onnx"
+    assert cli(str(DIGITS), "-o", str(out), "-q", "--bits", "4").returncode == 0
+    data = np.load(REPO / "models" / "digits" / "digits_test.npz")
+    preds = []
+    for p in (DIGITS, out):
+        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        preds.append(s.run(None, {"input": data["x"]})[0].argmax(1))
+    assert np.mean(preds[0] == preds[1]) > 0.97

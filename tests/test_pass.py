@@ -1,0 +1,239 @@
+"""Graph level: structure of the output, bit-exact decode in onnxruntime, numerics against the float model."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run, sqnr
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_statq import NoWeightsError, QuantConfig, StatqPass, UnsupportedModelError, quantize
+from onnx_statq.codebook import Granularity, encode_tensor
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_structure_and_metadata(conv_model):
+    m = conv_model()
+    q = quantize(m, min_size=100)
+    onnx.checker.check_model(q, full_check=True)
+    before, after = ops(m), ops(q)
+    for op in ("Conv", "Relu", "Gemm", "MatMul", "Reshape"):
+        assert after[op] >= before[op]
+    assert after["Conv"] == 2 and after["Gemm"] == 1 and after["MatMul"] == 1
+    assert after["Gather"] + after["GatherElements"] + after["Cast"] >= 3  # one decode per weight
+    names = set(inits(q))
+    assert {"w1", "w2", "fc", "head"}.isdisjoint(names)  # replaced by codebook + indices
+    assert "b1" in names  # bias untouched
+    assert q.metadata_props == m.metadata_props
+    assert q.doc_string == m.doc_string and q.ir_version == m.ir_version
+    assert list(q.opset_import) == list(m.opset_import)
+    assert all(t.data_type in (TensorProto.UINT8, TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32,
+                               TensorProto.INT64) for t in q.graph.initializer)
+
+
+def test_input_model_is_not_modified(conv_model):
+    m = conv_model()
+    before = m.SerializeToString()
+    quantize(m)
+    assert m.SerializeToString() == before
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "auto"])
+def test_decoded_weights_are_bit_exact_in_onnxruntime(conv_model, rng, bits, granularity):
+    m = conv_model()
+    q = quantize(m, bits=bits, granularity=granularity, min_size=100)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    names = ["w1", "w2", "fc", "head"]
+    got = run(q, {"x": x}, names)
+    axes = {"w1": 0, "w2": 0, "fc": 0, "head": 1}
+    for name, value in zip(names, got):
+        w = inits(m)[name]
+        expected = encode_tensor(w, axes[name], bits, "sigma", granularity, 2.0).decoded()
+        assert value.dtype == np.float32
+        assert np.array_equal(value, expected), name
+
+
+def test_k_distinct_values_round_trip_through_the_graph(conv_model, rng):
+    m = conv_model()
+    values = np.linspace(-1, 1, 16).astype(np.float32)
+    for t in m.graph.initializer:
+        if t.name in ("w2", "fc"):
+            t.CopyFrom(numpy_helper.from_array(rng.choice(values, size=tuple(t.dims)).astype(np.float32), t.name))
+    q = quantize(m, bits=4)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    w2, fc = run(q, {"x": x}, ["w2", "fc"])
+    assert np.array_equal(w2, inits(m)["w2"]) and np.array_equal(fc, inits(m)["fc"])
+
+
+@pytest.mark.parametrize("bits,min_db", [(8, 30.0), (4, 12.0)])
+def test_output_close_to_float(conv_model, rng, bits, min_db):
+    m = conv_model()
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    ref = run(m, {"x": x})[0]
+    out = run(quantize(m, bits=bits), {"x": x})[0]
+    assert sqnr(ref, out) > min_db
+
+
+def test_auto_beats_per_tensor_on_folded_convs(conv_model, rng):
+    m = conv_model()
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    ref = run(m, {"x": x})[0]
+    auto = sqnr(ref, run(quantize(m, bits=3), {"x": x})[0])
+    tensor = sqnr(ref, run(quantize(m, bits=3, granularity="tensor"), {"x": x})[0])
+    assert auto > tensor + 3.0
+
+
+def test_deterministic_bytes(conv_model):
+    m = conv_model()
+    assert quantize(m).SerializeToString() == quantize(m).SerializeToString()
+
+
+def test_opset_9_uses_gather_offsets(conv_model, rng):
+    m = conv_model(opset=9)
+    m.graph.node[4].CopyFrom(helper.make_node("Flatten", ["r2"], ["flat"], name="flatten"))
+    q = quantize(m, granularity="channel", min_size=100)
+    assert ops(q)["GatherElements"] == 0 and ops(q)["Gather"] >= 4
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert sqnr(run(m, {"x": x})[0], run(q, {"x": x})[0]) > 12
+
+
+def test_skips_are_reported(conv_model):
+    m = conv_model()
+    r = StatqPass(QuantConfig(min_size=500))(m).report
+    skipped = {s.name: s.reason for s in r.skipped}
+    assert "below min-size" in skipped["w1"]
+    assert "not a weight input" in skipped["b1"] and "not a weight input" in skipped["fcb"]
+    assert {layer.name for layer in r.layers} == {"w2", "fc", "head"}
+
+
+def test_exclude_by_name_and_op_type(conv_model):
+    m = conv_model()
+    r = StatqPass(QuantConfig(exclude=("conv2", "MatMul"), min_size=100))(m).report
+    assert {layer.name for layer in r.layers} == {"w1", "fc"}
+    assert sum("excluded" in s.reason for s in r.skipped) == 2
+
+
+def test_per_node_settings_override_op_type_and_global(conv_model):
+    cfg = QuantConfig.from_dict({"bits": 3, "min_size": 100, "granularity": "tensor", "op_types": {"Conv": {"bits": 5}}, "nodes": {"conv2": {"bits": 8}}})
+    r = StatqPass(cfg)(conv_model()).report
+    bits = {layer.name: layer.bits for layer in r.layers if layer.representation != "float16"}
+    assert bits == {"w1": 5, "w2": 8, "fc": 3, "head": 3}
+
+
+def test_no_weights_is_a_typed_error(make_model):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    m = make_model([helper.make_node("Relu", ["x"], ["y"])], [x], [helper.make_tensor_value_info("y", 1, [2])], {})
+    with pytest.raises(NoWeightsError):
+        quantize(m)
+
+
+def test_old_opset_is_refused(make_model, rng):
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    wi = helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 64])
+    m = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x, wi], [y], {"w": w}, opset=6, ir=3)
+    with pytest.raises(UnsupportedModelError):
+        quantize(m)
+
+
+def _matmul_model(make_model, w: np.ndarray, **kw):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w.shape[1]])
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [x], [y], {"w": w}, **kw)
+
+
+def test_constant_node_weights_and_shared_weights(make_model, rng):
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    const = helper.make_node("Constant", [], ["cw"], value=numpy_helper.from_array(w, "cw"))
+    nodes = [const, helper.make_node("MatMul", ["x", "cw"], ["h"], name="a"),
+             helper.make_node("MatMul", ["h", "cw"], ["y"], name="b")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    m = make_model(nodes, [x], [y], {})
+    q = quantize(m, bits=6)
+    assert ops(q)["Constant"] == 0 and ops(q)["MatMul"] == 2
+    assert ops(q)["Gather"] + ops(q)["GatherElements"] == 1  # encoded once for both consumers
+    xv = rng.standard_normal((1, 64)).astype(np.float32)
+    assert sqnr(run(m, {"x": xv})[0], run(q, {"x": xv})[0]) > 25
+
+
+def test_weights_inside_and_outside_if_subgraphs(make_model, rng):
+    outer = rng.standard_normal((64, 64)).astype(np.float32)
+    inner = rng.standard_normal((64, 64)).astype(np.float32)
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "outer"], ["t"], name="then_mm")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 64])])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "inner"], ["e"], name="else_mm")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 64])],
+                               [numpy_helper.from_array(inner, "inner")])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    m = make_model(nodes, [x, c], [y], {"outer": outer})
+    report = StatqPass(QuantConfig(bits=6))(m).report
+    assert {layer.name for layer in report.layers} == {"outer", "inner"}
+    q = quantize(m, bits=6)
+    onnx.checker.check_model(q, full_check=True)
+    xv = rng.standard_normal((1, 64)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": xv, "cond": np.array(cond)}
+        assert sqnr(run(m, feeds)[0], run(q, feeds)[0]) > 25
+
+
+def test_lstm_and_gather_embedding(make_model, rng):
+    emb = rng.standard_normal((200, 32)).astype(np.float32)
+    wih = (rng.standard_normal((1, 128, 32)) * 0.2).astype(np.float32)
+    whh = (rng.standard_normal((1, 128, 32)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+             helper.make_node("LSTM", ["e", "wih", "whh"], ["y"], hidden_size=32, name="lstm")]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [5, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 32])
+    m = make_model(nodes, [ids], [y], {"emb": emb, "wih": wih, "whh": whh})
+    q = quantize(m, bits=6, min_size=1000)
+    assert {t.name for t in q.graph.initializer}.isdisjoint({"emb", "wih", "whh"})
+    feeds = {"ids": rng.integers(0, 200, (5, 1)).astype(np.int64)}
+    assert sqnr(run(m, feeds)[0], run(q, feeds)[0]) > 20
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_other_float_dtypes(make_model, rng, dtype):
+    w = rng.standard_normal((64, 64)).astype(dtype)
+    t = {np.float16: TensorProto.FLOAT16, np.float64: TensorProto.DOUBLE}[dtype]
+    x = helper.make_tensor_value_info("x", t, [1, 64])
+    y = helper.make_tensor_value_info("y", t, [1, 64])
+    m = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], {"w": w})
+    q = quantize(m, bits=4)
+    xv = rng.standard_normal((1, 64)).astype(dtype)
+    got = run(q, {"x": xv}, ["w"])[0]
+    assert got.dtype == dtype
+    expected = encode_tensor(w, 1, 4, "sigma", Granularity.AUTO, 2.0).decoded()
+    assert np.array_equal(got, expected.astype(dtype))
+
+
+def test_conv_transpose_and_gemm_without_transpose(make_model, rng):
+    wt = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((8 * 10 * 10, 16)).astype(np.float32) * 0.05
+    shape = np.array([0, -1], np.int64)
+    nodes = [helper.make_node("ConvTranspose", ["x", "wt"], ["c"], name="deconv"),
+             helper.make_node("Reshape", ["c", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], name="gemm")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+    m = make_model(nodes, [x], [y], {"wt": wt, "fc": fc, "shape": shape})
+    q = quantize(m, bits=5, granularity="channel", min_size=100)
+    xv = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    wt_q, fc_q = run(q, {"x": xv}, ["wt", "fc"])
+    assert np.array_equal(wt_q, encode_tensor(wt, 1, 5, granularity="channel").decoded())
+    assert np.array_equal(fc_q, encode_tensor(fc, 1, 5, granularity="channel").decoded())
