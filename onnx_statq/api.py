@@ -27,8 +27,9 @@ def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
     return base.with_options(**options) if options else base
 
 
-def quantize(model: onnx.ModelProto | str | os.PathLike[str], config: QuantConfig | None = None,
-             **options: Any) -> onnx.ModelProto:
+def quantize(
+    model: onnx.ModelProto | str | os.PathLike[str], config: QuantConfig | None = None, **options: Any
+) -> onnx.ModelProto:
     """Quantize a model (a ModelProto, or a path to load) and return the quantized ModelProto.
 
     The input proto is never modified. Keyword options override fields of ``config``.

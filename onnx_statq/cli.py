@@ -47,10 +47,20 @@ def _fmt_bytes(n: float) -> str:
 def _table(report: Report) -> str:
     rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "SQNR dB")]
     for r in report.layers:
-        rows.append((r.name[:48], r.op, "x".join(map(str, r.shape)), r.representation, str(r.k), str(r.bits),
-                     f"{r.rel_error:.2e}", f"{r.sqnr_db:.1f}"))
+        rows.append(
+            (
+                r.name[:48],
+                r.op,
+                "x".join(map(str, r.shape)),
+                r.representation,
+                str(r.k),
+                str(r.bits),
+                f"{r.rel_error:.2e}",
+                f"{r.sqnr_db:.1f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     t = report.totals
     fb, fa = t["file_bytes_before"], t["file_bytes_after"]
     zb, za = t["zipped_bytes_before"], t["zipped_bytes_after"]
@@ -63,7 +73,9 @@ def _table(report: Report) -> str:
         "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
     ]
     if report.verify:
-        lines.append(f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB")
+        lines.append(
+            f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB"
+        )
     return "\n".join(lines)
 
 
@@ -95,36 +107,100 @@ def main() -> None:
 
 @main.command(epilog=EXAMPLES)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the quantized model.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the quantized model.",
+)
 @click.option("--bits", type=click.IntRange(1, 8), default=None, help="Index bits per weight (K = 2**bits). [4]")
-@click.option("--method", type=click.Choice([m.value for m in Method]), default=None,
-              help="Codebook fitting: sigma (statistical, default), kmeans, uniform.")
-@click.option("--granularity", type=click.Choice([g.value for g in Granularity]), default=None,
-              help="Who shares a codebook: auto (default), tensor, channel.")
+@click.option(
+    "--method",
+    type=click.Choice([m.value for m in Method]),
+    default=None,
+    help="Codebook fitting: sigma (statistical, default), kmeans, uniform.",
+)
+@click.option(
+    "--granularity",
+    type=click.Choice([g.value for g in Granularity]),
+    default=None,
+    help="Who shares a codebook: auto (default), tensor, channel.",
+)
 @click.option("--exclude", multiple=True, help="Node name or op type to leave in float (repeatable).")
-@click.option("--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A .toml or .json config (per-node and per-op-type settings); flags override it.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the full report as JSON to this file.")
+@click.option(
+    "--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]"
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A .toml or .json config (per-node and per-op-type settings); flags override it.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the full report as JSON to this file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
-def quantize(model: Path, output: Path, bits: int | None, method: str | None, granularity: str | None,
-             exclude: tuple[str, ...], min_size: int | None, config_file: Path | None, report_file: Path | None,
-             as_json: bool, no_verify: bool, quiet: bool) -> None:
+def quantize(
+    model: Path,
+    output: Path,
+    bits: int | None,
+    method: str | None,
+    granularity: str | None,
+    exclude: tuple[str, ...],
+    min_size: int | None,
+    config_file: Path | None,
+    report_file: Path | None,
+    as_json: bool,
+    no_verify: bool,
+    quiet: bool,
+) -> None:
     """Quantize MODEL and write it to OUTPUT."""
-    _run(lambda: _quantize(model, output, bits, method, granularity, exclude, min_size, config_file, report_file,
-                           as_json, no_verify, quiet))
+    _run(
+        lambda: _quantize(
+            model,
+            output,
+            bits,
+            method,
+            granularity,
+            exclude,
+            min_size,
+            config_file,
+            report_file,
+            as_json,
+            no_verify,
+            quiet,
+        )
+    )
 
 
-def _quantize(model: Path, output: Path, bits: int | None, method: str | None, granularity: str | None,
-              exclude: tuple[str, ...], min_size: int | None, config_file: Path | None, report_file: Path | None,
-              as_json: bool, no_verify: bool, quiet: bool) -> None:
+def _quantize(
+    model: Path,
+    output: Path,
+    bits: int | None,
+    method: str | None,
+    granularity: str | None,
+    exclude: tuple[str, ...],
+    min_size: int | None,
+    config_file: Path | None,
+    report_file: Path | None,
+    as_json: bool,
+    no_verify: bool,
+    quiet: bool,
+) -> None:
     config = QuantConfig.from_file(config_file) if config_file else QuantConfig()
-    overrides: dict[str, Any] = {k: v for k, v in {"bits": bits, "method": method, "granularity": granularity,
-                                                   "min_size": min_size}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {"bits": bits, "method": method, "granularity": granularity, "min_size": min_size}.items()
+        if v is not None
+    }
     if exclude:
         overrides["exclude"] = tuple(config.exclude) + exclude
     config = config.with_options(**overrides)
@@ -167,8 +243,7 @@ def _run(job: Any) -> None:
         if os.environ.get("STATQ_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"onnx-statq: internal error: {type(exc).__name__}: {msg} (set STATQ_DEBUG=1 for details)",
-                   err=True)
+        click.echo(f"onnx-statq: internal error: {type(exc).__name__}: {msg} (set STATQ_DEBUG=1 for details)", err=True)
         sys.exit(INTERNAL_ERROR)
 
 

@@ -122,7 +122,9 @@ class QuantConfig:
         try:
             data = tomllib.loads(text.decode()) if p.suffix == ".toml" else json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}") from None
+            raise ConfigError(
+                f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
+            ) from None
         return cls.from_dict(data)
 
 
@@ -151,4 +153,6 @@ def _layer(value: Any, where: str) -> LayerSettings:
 
 
 def _layer_dict(s: LayerSettings) -> dict[str, Any]:
-    return {f.name: (str(v) if isinstance(v, (Method, Granularity)) else v) for f in fields(s) if (v := getattr(s, f.name))}
+    return {
+        f.name: (str(v) if isinstance(v, (Method, Granularity)) else v) for f in fields(s) if (v := getattr(s, f.name))
+    }

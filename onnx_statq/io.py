@@ -109,8 +109,9 @@ def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:
         target.write_bytes(model.SerializeToString())
         return [target]
     data = f"{name}.data"
-    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                    size_threshold=1024)
+    onnx.save_model(
+        model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024
+    )
     return [target, folder / data]
 
 

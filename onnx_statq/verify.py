@@ -36,7 +36,7 @@ def _session(path: Path) -> ort.InferenceSession:
 def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = DYNAMIC_DIM) -> dict[str, np.ndarray]:
     """Inputs of the declared shapes; symbolic dims get ``dynamic_dim``; integer inputs stay small (token ids)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else dynamic_dim for d in i.shape]
         dtype = _NP.get(i.type)
@@ -58,7 +58,7 @@ def compare(float_path: Path, quant_path: Path, seed: int = 0) -> dict[str, Any]
     a = ref.run(None, feeds)
     b = q.run(None, feeds)
     per = {}
-    for meta, x, y in zip(ref.get_outputs(), a, b):
+    for meta, x, y in zip(ref.get_outputs(), a, b, strict=False):
         x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
         noise = float(np.sum((x64 - y64) ** 2))
         signal = float(np.sum(x64**2))

@@ -48,8 +48,9 @@ def test_readme_demo_command_runs(tmp_path):
             argv = [*EXE, *argv[1:]]
         elif argv[0] == "python":
             argv = [sys.executable, *argv[1:]]
-        res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+        res = subprocess.run(
+            argv, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO))
+        )
         assert res.returncode == 0, res.stderr
         outputs.append(res.stdout)
     assert "x smaller" in outputs[0]
@@ -96,8 +97,10 @@ def _write(path: Path, data: bytes) -> Path:
 def _no_weight_model(tmp_path: Path) -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
-    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                          opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
     p = tmp_path / "noweights.onnx"
     onnx.save(m, p)
     return p

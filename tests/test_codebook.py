@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,7 +87,7 @@ def test_sigma_error_keeps_falling_with_bits(rng):
     """A fixed three-sigma clip stops improving as K grows; the statistical placement must not."""
     data = rng.laplace(size=200_000).reshape(1, -1)
     errs = [mse(data, Method.SIGMA, b) for b in range(2, 9)]
-    assert all(b < a * 0.5 for a, b in zip(errs, errs[1:]))
+    assert all(b < a * 0.5 for a, b in itertools.pairwise(errs))
     assert errs[-1] < _naive_three_sigma_mse(data[0], 8) / 10
 
 

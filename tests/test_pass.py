@@ -37,8 +37,10 @@ def test_structure_and_metadata(conv_model):
     assert q.metadata_props == m.metadata_props
     assert q.doc_string == m.doc_string and q.ir_version == m.ir_version
     assert list(q.opset_import) == list(m.opset_import)
-    assert all(t.data_type in (TensorProto.UINT8, TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32,
-                               TensorProto.INT64) for t in q.graph.initializer)
+    assert all(
+        t.data_type in (TensorProto.UINT8, TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT64)
+        for t in q.graph.initializer
+    )
 
 
 def test_input_model_is_not_modified(conv_model):
@@ -57,7 +59,7 @@ def test_decoded_weights_are_bit_exact_in_onnxruntime(conv_model, rng, bits, gra
     names = ["w1", "w2", "fc", "head"]
     got = run(q, {"x": x}, names)
     axes = {"w1": 0, "w2": 0, "fc": 0, "head": 1}
-    for name, value in zip(names, got):
+    for name, value in zip(names, got, strict=False):
         w = inits(m)[name]
         expected = encode_tensor(w, axes[name], bits, "sigma", granularity, 2.0).decoded()
         assert value.dtype == np.float32
@@ -125,7 +127,15 @@ def test_exclude_by_name_and_op_type(conv_model):
 
 
 def test_per_node_settings_override_op_type_and_global(conv_model):
-    cfg = QuantConfig.from_dict({"bits": 3, "min_size": 100, "granularity": "tensor", "op_types": {"Conv": {"bits": 5}}, "nodes": {"conv2": {"bits": 8}}})
+    cfg = QuantConfig.from_dict(
+        {
+            "bits": 3,
+            "min_size": 100,
+            "granularity": "tensor",
+            "op_types": {"Conv": {"bits": 5}},
+            "nodes": {"conv2": {"bits": 8}},
+        }
+    )
     r = StatqPass(cfg)(conv_model()).report
     bits = {layer.name: layer.bits for layer in r.layers if layer.representation != "float16"}
     assert bits == {"w1": 5, "w2": 8, "fc": 3, "head": 3}
@@ -157,8 +167,11 @@ def _matmul_model(make_model, w: np.ndarray, **kw):
 def test_constant_node_weights_and_shared_weights(make_model, rng):
     w = rng.standard_normal((64, 64)).astype(np.float32)
     const = helper.make_node("Constant", [], ["cw"], value=numpy_helper.from_array(w, "cw"))
-    nodes = [const, helper.make_node("MatMul", ["x", "cw"], ["h"], name="a"),
-             helper.make_node("MatMul", ["h", "cw"], ["y"], name="b")]
+    nodes = [
+        const,
+        helper.make_node("MatMul", ["x", "cw"], ["h"], name="a"),
+        helper.make_node("MatMul", ["h", "cw"], ["y"], name="b"),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
     m = make_model(nodes, [x], [y], {})
@@ -172,11 +185,19 @@ def test_constant_node_weights_and_shared_weights(make_model, rng):
 def test_weights_inside_and_outside_if_subgraphs(make_model, rng):
     outer = rng.standard_normal((64, 64)).astype(np.float32)
     inner = rng.standard_normal((64, 64)).astype(np.float32)
-    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "outer"], ["t"], name="then_mm")], "then", [],
-                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 64])])
-    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "inner"], ["e"], name="else_mm")], "else", [],
-                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 64])],
-                               [numpy_helper.from_array(inner, "inner")])
+    then_g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "outer"], ["t"], name="then_mm")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 64])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "inner"], ["e"], name="else_mm")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(inner, "inner")],
+    )
     nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if")]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
     c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
@@ -196,8 +217,10 @@ def test_lstm_and_gather_embedding(make_model, rng):
     emb = rng.standard_normal((200, 32)).astype(np.float32)
     wih = (rng.standard_normal((1, 128, 32)) * 0.2).astype(np.float32)
     whh = (rng.standard_normal((1, 128, 32)) * 0.2).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
-             helper.make_node("LSTM", ["e", "wih", "whh"], ["y"], hidden_size=32, name="lstm")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("LSTM", ["e", "wih", "whh"], ["y"], hidden_size=32, name="lstm"),
+    ]
     ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [5, 1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 1, 32])
     m = make_model(nodes, [ids], [y], {"emb": emb, "wih": wih, "whh": whh})
@@ -226,9 +249,11 @@ def test_conv_transpose_and_gemm_without_transpose(make_model, rng):
     wt = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
     fc = rng.standard_normal((8 * 10 * 10, 16)).astype(np.float32) * 0.05
     shape = np.array([0, -1], np.int64)
-    nodes = [helper.make_node("ConvTranspose", ["x", "wt"], ["c"], name="deconv"),
-             helper.make_node("Reshape", ["c", "shape"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], name="gemm")]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "wt"], ["c"], name="deconv"),
+        helper.make_node("Reshape", ["c", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], name="gemm"),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
     m = make_model(nodes, [x], [y], {"wt": wt, "fc": fc, "shape": shape})

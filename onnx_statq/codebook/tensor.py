@@ -65,7 +65,7 @@ def to_groups(w: np.ndarray, axis: int | None) -> np.ndarray:
 def from_groups(groups: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
     if axis is None:
         return groups.reshape(shape)
-    moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
+    moved = (shape[axis], *tuple(s for i, s in enumerate(shape) if i != axis))
     return np.moveaxis(groups.reshape(moved), 0, axis)
 
 

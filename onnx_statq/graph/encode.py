@@ -32,7 +32,9 @@ class _Builder:
     def const(self, tag: str, value: np.ndarray) -> gs.Constant:
         return gs.Constant(self.fresh(f"{self.base}.statq_{tag}"), np.ascontiguousarray(value))
 
-    def op(self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None) -> gs.Variable:
+    def op(
+        self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None
+    ) -> gs.Variable:
         tag = f"{op.lower()}{len(self.nodes)}"
         result = out if out is not None else gs.Variable(self.fresh(f"{self.base}.statq_{tag}"))
         self.nodes.append(gs.Node(op, self.fresh(f"{self.base}/statq/{tag}"), attrs or {}, inputs, [result]))
@@ -94,11 +96,11 @@ def emit_decode(
         offsets = b.const("offsets", (np.arange(c, dtype=np.int32) * cb.k)[:, None])
         flat_levels = b.op("Reshape", [levels, b.const("levels_flat", np.array([-1], np.int64))])
         rows = b.op("Gather", [flat_levels, b.op("Add", [grid, offsets])], {"axis": 0})
-    moved = (enc.shape[enc.axis],) + tuple(s for i, s in enumerate(enc.shape) if i != enc.axis)
+    moved = (enc.shape[enc.axis], *tuple(s for i, s in enumerate(enc.shape) if i != enc.axis))
     if enc.axis == 0:
         b.op("Reshape", [rows, b.const("shape", np.array(moved, np.int64))], out=target)
         return b.nodes
     block = b.op("Reshape", [rows, b.const("shape", np.array(moved, np.int64))])
-    perm = list(range(1, enc.axis + 1)) + [0] + list(range(enc.axis + 1, len(enc.shape)))
+    perm = [*list(range(1, enc.axis + 1)), 0, *list(range(enc.axis + 1, len(enc.shape)))]
     b.op("Transpose", [block], {"perm": perm}, out=target)
     return b.nodes

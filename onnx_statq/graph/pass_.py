@@ -166,8 +166,9 @@ class StatqPass:
         settings = max((u.settings for u in w.uses), key=lambda s: s.bits)
         axes = {u.axis for u in w.uses}
         axis = axes.pop() if len(axes) == 1 else None
-        enc = encode_tensor(values, axis, settings.bits, settings.method, settings.granularity,
-                            self.config.channel_tolerance)
+        enc = encode_tensor(
+            values, axis, settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
+        )
         if enc.representation == "float16" and values.dtype == np.float16:
             report.skipped.append(SkipRecord(w.tensor.name, "already float16; a codebook would not pay", values.size))
             return
