@@ -22,7 +22,11 @@ _ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1, np.dtype(np.fl
 
 
 class _Builder:
-    """Appends nodes with deterministic, collision-free names derived from the weight's name."""
+    """Appends nodes with short, deterministic, collision-free names (``statq<i>.<tag>``).
+
+    Names are kept short on purpose: a model has a dozen decode nodes per weight, and long names derived from the
+    weight's name cost measurable bytes in the file that the pass is trying to shrink.
+    """
 
     def __init__(self, base: str, fresh: Callable[[str], str]) -> None:
         self.base = base
@@ -30,14 +34,14 @@ class _Builder:
         self.nodes: list[gs.Node] = []
 
     def const(self, tag: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh(f"{self.base}.statq_{tag}"), np.ascontiguousarray(value))
+        return gs.Constant(self.fresh(f"{self.base}.{tag}"), np.ascontiguousarray(value))
 
     def op(
         self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None
     ) -> gs.Variable:
         tag = f"{op.lower()}{len(self.nodes)}"
-        result = out if out is not None else gs.Variable(self.fresh(f"{self.base}.statq_{tag}"))
-        self.nodes.append(gs.Node(op, self.fresh(f"{self.base}/statq/{tag}"), attrs or {}, inputs, [result]))
+        result = out if out is not None else gs.Variable(self.fresh(f"{self.base}.{tag}"))
+        self.nodes.append(gs.Node(op, self.fresh(f"{self.base}/{tag}"), attrs or {}, inputs, [result]))
         return result
 
 
@@ -66,10 +70,15 @@ def _unpack(b: _Builder, packed: PackedIndices) -> gs.Variable:
 
 
 def emit_decode(
-    enc: EncodedTensor, target: gs.Variable, dtype: np.dtype, opset: int, fresh: Callable[[str], str]
+    enc: EncodedTensor,
+    target: gs.Variable,
+    dtype: np.dtype,
+    opset: int,
+    fresh: Callable[[str], str],
+    prefix: str = "statq",
 ) -> list[gs.Node]:
     """Nodes whose last output is ``target``, holding the decoded weight in ``dtype``."""
-    b = _Builder(target.name, fresh)
+    b = _Builder(prefix, fresh)
     to = _ONNX_TYPES[np.dtype(dtype)]
     if enc.representation == Representation.FLOAT16:
         assert enc.half is not None

@@ -186,7 +186,7 @@ class StatqPass:
         if len(graphs) > 1 and w.source_graph is None:
             home = _outermost(w.uses)
         target = self._detach(w)
-        nodes = emit_decode(enc, target, values.dtype, opset, fresh)
+        nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix=f"statq{len(report.layers)}")
         home.nodes[0:0] = nodes
         report.layers.append(
             LayerRecord(
