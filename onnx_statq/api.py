@@ -15,11 +15,14 @@ from .config import QuantConfig
 from .errors import OutputError
 from .graph.pass_ import PassResult, StatqPass
 from .io import load_model, save_model, zipped_size
+from .plan import CalibrationMode, Refiner
 from .report import Report
 
-__all__ = ["quantize", "quantize_file"]
+__all__ = ["DEFAULT_CALIB_SAMPLES", "make_refiner", "quantize", "quantize_file"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CALIB_SAMPLES = 64
 
 
 def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
@@ -27,15 +30,40 @@ def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
     return base.with_options(**options) if options else base
 
 
+def make_refiner(
+    model: onnx.ModelProto,
+    calib: Any,
+    samples: int | None = DEFAULT_CALIB_SAMPLES,
+    mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Refiner | None:
+    """Load and check calibration data now (errors before any work), and return the pass's refiner."""
+    mode = CalibrationMode(mode)
+    if calib is None or mode == CalibrationMode.NONE:
+        return None
+    from .calibrate import calibrate, load_calibration, model_inputs  # onnxruntime only when calibrating
+
+    feeds = load_calibration(calib, model_inputs(model), samples)
+    return lambda m, plans: calibrate(m, feeds, plans, mode, progress)
+
+
 def quantize(
-    model: onnx.ModelProto | str | os.PathLike[str], config: QuantConfig | None = None, **options: Any
+    model: onnx.ModelProto | str | os.PathLike[str],
+    config: QuantConfig | None = None,
+    *,
+    calib: Any = None,
+    calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
+    calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
+    **options: Any,
 ) -> onnx.ModelProto:
     """Quantize a model (a ModelProto, or a path to load) and return the quantized ModelProto.
 
-    The input proto is never modified. Keyword options override fields of ``config``.
+    ``calib`` (an .npz or folder path, an iterable of input dicts, or a CalibrationDataReader) turns on
+    calibration, sequential by default. The input proto is never modified. Keyword options override ``config``.
     """
     proto = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    return StatqPass(_config(config, options))(proto).model
+    refiner = make_refiner(proto, calib, calib_samples, calib_mode)
+    return StatqPass(_config(config, options), refiner=refiner)(proto).model
 
 
 def quantize_file(
@@ -45,6 +73,9 @@ def quantize_file(
     *,
     verify: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
+    calib: Any = None,
+    calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
+    calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
 ) -> Report:
     """Load, quantize, save atomically and verify in onnxruntime; returns the full report."""
     src_p, dst_p = Path(src), Path(dst)
@@ -53,8 +84,9 @@ def quantize_file(
     t0 = time.perf_counter()
     data_files: list[str] = []
     model = load_model(src_p, data_files)
+    refiner = make_refiner(model, calib, calib_samples, calib_mode, progress)
     t1 = time.perf_counter()
-    result: PassResult = StatqPass(config or QuantConfig(), progress=progress)(model)
+    result: PassResult = StatqPass(config or QuantConfig(), progress=progress, refiner=refiner)(model)
     t2 = time.perf_counter()
     written = save_model(result.model, dst_p)
     t3 = time.perf_counter()

@@ -16,10 +16,11 @@ from typing import Any
 
 import click
 
-from .api import quantize_file
+from .api import DEFAULT_CALIB_SAMPLES, quantize_file
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import StatqError
+from .plan import CalibrationMode
 from .report import Report
 
 __all__ = ["entry", "main"]
@@ -33,6 +34,7 @@ Examples:
   onnx-statq model.onnx -o model_q.onnx --bits 3 --exclude head/MatMul
   onnx-statq model.onnx -o model_q.onnx --method kmeans --granularity channel --report report.json
   onnx-statq model.onnx -o model_q.onnx --config statq.toml --json
+  onnx-statq model.onnx -o model_q.onnx --bits 3 --calib calib.npz --calib-samples 32
 """
 
 
@@ -72,6 +74,15 @@ def _table(report: Report) -> str:
         f"zipped: {_fmt_bytes(zb)} -> {_fmt_bytes(za)}  ({zb / za:.2f}x smaller)",
         "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
     ]
+    if report.calibration:
+        c = report.calibration
+        sq = c.get("model_output_sqnr_db")
+        lines.append(
+            f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers; model output SQNR "
+            f"vs float on the calibration data: {sq:.1f} dB"
+            if sq is not None
+            else f"calibration: {c['mode']}"
+        )
     if report.verify:
         lines.append(
             f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB"
@@ -139,6 +150,26 @@ def main() -> None:
     help="A .toml or .json config (per-node and per-op-type settings); flags override it.",
 )
 @click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Calibration data: an .npz named like the inputs (samples first) or a folder of .npz feeds.",
+)
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(1),
+    default=DEFAULT_CALIB_SAMPLES,
+    show_default=True,
+    help="Use at most this many calibration samples.",
+)
+@click.option(
+    "--calib-mode",
+    type=click.Choice([m.value for m in CalibrationMode]),
+    default="sequential",
+    show_default=True,
+    help="sequential: fit each layer on the quantized stream; independent: on float inputs; none: data-free.",
+)
+@click.option(
     "--report",
     "report_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -148,63 +179,23 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
-def quantize(
-    model: Path,
-    output: Path,
-    bits: int | None,
-    method: str | None,
-    granularity: str | None,
-    exclude: tuple[str, ...],
-    min_size: int | None,
-    config_file: Path | None,
-    report_file: Path | None,
-    as_json: bool,
-    no_verify: bool,
-    quiet: bool,
-) -> None:
+def quantize(**opts: Any) -> None:
     """Quantize MODEL and write it to OUTPUT."""
-    _run(
-        lambda: _quantize(
-            model,
-            output,
-            bits,
-            method,
-            granularity,
-            exclude,
-            min_size,
-            config_file,
-            report_file,
-            as_json,
-            no_verify,
-            quiet,
-        )
-    )
+    _run(lambda: _quantize(**opts))
 
 
-def _quantize(
-    model: Path,
-    output: Path,
-    bits: int | None,
-    method: str | None,
-    granularity: str | None,
-    exclude: tuple[str, ...],
-    min_size: int | None,
-    config_file: Path | None,
-    report_file: Path | None,
-    as_json: bool,
-    no_verify: bool,
-    quiet: bool,
-) -> None:
-    config = QuantConfig.from_file(config_file) if config_file else QuantConfig()
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {"bits": bits, "method": method, "granularity": granularity, "min_size": min_size}.items()
-        if v is not None
-    }
-    if exclude:
-        overrides["exclude"] = tuple(config.exclude) + exclude
-    config = config.with_options(**overrides)
-    show = not quiet and not as_json and sys.stderr.isatty()
+def _config(opts: dict[str, Any]) -> QuantConfig:
+    config = QuantConfig.from_file(opts["config_file"]) if opts["config_file"] else QuantConfig()
+    keys = ("bits", "method", "granularity", "min_size")
+    overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
+    if opts["exclude"]:
+        overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])
+    return config.with_options(**overrides)
+
+
+def _quantize(**opts: Any) -> None:
+    config = _config(opts)
+    show = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     bar = click.progressbar(length=1, label="quantizing", file=sys.stderr) if show else None
     if bar is not None:
         bar.__enter__()
@@ -215,15 +206,24 @@ def _quantize(
             bar.update(done - bar.pos)
 
     try:
-        report = quantize_file(model, output, config, verify=not no_verify, progress=progress)
+        report = quantize_file(
+            opts["model"],
+            opts["output"],
+            config,
+            verify=not opts["no_verify"],
+            progress=progress,
+            calib=opts["calib"],
+            calib_samples=opts["calib_samples"],
+            calib_mode=opts["calib_mode"],
+        )
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    if report_file:
-        report_file.write_text(json.dumps(report.to_dict(), indent=2))
-    if as_json:
+    if opts["report_file"]:
+        opts["report_file"].write_text(json.dumps(report.to_dict(), indent=2))
+    if opts["as_json"]:
         click.echo(json.dumps(report.to_dict(), indent=2))
-    elif not quiet:
+    elif not opts["quiet"]:
         click.echo(_table(report))
 
 

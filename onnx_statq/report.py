@@ -26,6 +26,9 @@ class LayerRecord:
     bytes_before: int
     bytes_after: int
     consumers: tuple[str, ...] = ()
+    calibration: str = ""
+    output_sqnr_datafree_db: float | None = None
+    output_sqnr_calibrated_db: float | None = None
 
     @property
     def sqnr_db(self) -> float:
@@ -49,6 +52,7 @@ class Report:
     totals: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def weight_bytes(self) -> tuple[int, int]:
         return sum(r.bytes_before for r in self.layers), sum(r.bytes_after for r in self.layers)
@@ -72,5 +76,6 @@ class Report:
                 "totals": self.totals,
                 "timings": self.timings,
                 "verify": self.verify,
+                "calibration": self.calibration,
             }
         )

@@ -13,10 +13,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..codebook import encode_tensor
+from ..codebook import EncodedTensor, encode_tensor
 from ..config import QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
+from ..plan import LayerOutcome, LayerPlan, Refiner
 from ..report import LayerRecord, Report, SkipRecord
+from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
 from .handlers import weight_slots
 
@@ -35,6 +37,7 @@ class _Use:
     axis: int | None
     settings: Resolved
     role: str
+    slot: int
 
 
 @dataclass
@@ -86,9 +89,15 @@ def _constant_source(t: gs.Tensor) -> gs.Node | None:
 class StatqPass:
     """``StatqPass(config)(model) -> PassResult``: stateless, so one instance can run on many models."""
 
-    def __init__(self, config: QuantConfig | None = None, progress: Callable[[int, int, str], None] | None = None):
+    def __init__(
+        self,
+        config: QuantConfig | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
+        refiner: Refiner | None = None,
+    ):
         self.config = config or QuantConfig()
         self.progress = progress
+        self.refiner = refiner  # calibration, injected so that this module never runs a session
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         opset = default_opset(model)
@@ -101,12 +110,19 @@ class StatqPass:
         todo = [w for w in weights if self._admit(w, graph, report)]
         if not todo:
             raise NoWeightsError(self._nothing_message(report))
+        positions = {id(n): i for i, n in enumerate(graph.nodes)}
+        encoded = {}
         for i, w in enumerate(todo):
             if self.progress:
                 self.progress(i, len(todo), w.tensor.name)
-            self._rewrite(w, opset, names, report)
+            encoded[id(w)] = self._encode(w)
         if self.progress:
             self.progress(len(todo), len(todo), "")
+        outcomes = self._refine(model, graph, todo, encoded, positions, report)
+        for w in todo:
+            outcome = outcomes.get(w.tensor.name)
+            enc = outcome.encoded if outcome else encoded[id(w)]
+            self._rewrite(w, enc, opset, names, report, outcome)
         return PassResult(_export(graph, model), report)
 
     def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
@@ -123,7 +139,7 @@ class StatqPass:
                     w = found.setdefault(id(t), _Weight(t, source, g if source is not None else None))
                     shape = tuple(int(s) for s in w.values.shape)
                     settings = self.config.resolve(node.name or "", node.op)
-                    w.uses.append(_Use(node, g, slot.axis(node.attrs, shape), settings, slot.role))
+                    w.uses.append(_Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
         self._report_other_constants(graph, found, report)
         return list(found.values())
 
@@ -161,14 +177,62 @@ class StatqPass:
             return "holds NaN or Inf values"
         return None
 
-    def _rewrite(self, w: _Weight, opset: int, names: set[str], report: Report) -> None:
-        values = w.values
+    def _settings(self, w: _Weight) -> tuple[Resolved, int | None]:
         settings = max((u.settings for u in w.uses), key=lambda s: s.bits)
         axes = {u.axis for u in w.uses}
-        axis = axes.pop() if len(axes) == 1 else None
-        enc = encode_tensor(
-            values, axis, settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
+        return settings, (axes.pop() if len(axes) == 1 else None)
+
+    def _encode(self, w: _Weight) -> EncodedTensor:
+        settings, axis = self._settings(w)
+        return encode_tensor(
+            w.values, axis, settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
         )
+
+    def _refine(
+        self,
+        model: onnx.ModelProto,
+        graph: gs.Graph,
+        todo: list[_Weight],
+        encoded: dict[int, EncodedTensor],
+        positions: dict[int, int],
+        report: Report,
+    ) -> dict[str, LayerOutcome]:
+        if self.refiner is None:
+            return {}
+        plans = []
+        for w in todo:
+            use = w.uses[0]
+            if use.graph is not graph or not use.node.inputs or not use.node.outputs:
+                continue
+            plans.append(
+                LayerPlan(
+                    w.tensor.name,
+                    positions[id(use.node)],
+                    use.node.op,
+                    dict(use.node.attrs),
+                    use.slot,
+                    use.node.inputs[0].name,
+                    use.node.outputs[0].name,
+                    w.values,
+                    encoded[id(w)],
+                )
+            )
+        summary = self.refiner(model, plans)
+        report.calibration = {
+            "mode": summary.mode,
+            "samples": summary.samples,
+            "layers_calibrated": len(summary.outcomes),
+            "model_output_sqnr_db": summary.model_sqnr_db,
+            "sessions": summary.sessions,
+        }
+        report.timings.update(summary.timings)
+        return summary.outcomes
+
+    def _rewrite(
+        self, w: _Weight, enc: EncodedTensor, opset: int, names: set[str], report: Report, outcome: LayerOutcome | None
+    ) -> None:
+        values = w.values
+        settings, _ = self._settings(w)
         if enc.representation == "float16" and values.dtype == np.float16:
             report.skipped.append(SkipRecord(w.tensor.name, "already float16; a codebook would not pay", values.size))
             return
@@ -188,6 +252,8 @@ class StatqPass:
         target = self._detach(w)
         nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix=f"statq{len(report.layers)}")
         home.nodes[0:0] = nodes
+        if outcome is not None and outcome.bias_delta is not None:
+            add_bias(w.uses[0].node, w.uses[0].graph, outcome.bias_delta, fresh)
         report.layers.append(
             LayerRecord(
                 name=w.tensor.name,
@@ -200,6 +266,9 @@ class StatqPass:
                 bytes_before=int(values.nbytes),
                 bytes_after=enc.stored_bytes,
                 consumers=tuple(u.node.name or u.node.op for u in w.uses),
+                calibration=outcome.note if outcome else "",
+                output_sqnr_datafree_db=outcome.sqnr_before_db if outcome else None,
+                output_sqnr_calibrated_db=outcome.sqnr_after_db if outcome else None,
             )
         )
 

@@ -1,0 +1,131 @@
+"""Calibration inputs: an .npz, a folder of .npz feeds, any iterable of input dicts, or an onnxruntime
+CalibrationDataReader; all checked against the model's declared inputs before any work starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError
+
+__all__ = ["DEFAULT_BATCH", "InputSpec", "load_calibration", "model_inputs"]
+
+DEFAULT_BATCH = 8
+_ELEM = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: Any
+    shape: tuple[int | str | None, ...]
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs that are not initializers (those are what a feed must provide)."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        out.append(InputSpec(vi.name, _ELEM.get(tt.elem_type), dims))
+    return out
+
+
+def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+    names = {s.name for s in specs}
+    missing, extra = sorted(names - set(feed)), sorted(set(feed) - names)
+    if missing or extra:
+        raise CalibrationError(f"{where}: missing inputs {missing or '[]'}, unexpected {extra or '[]'}")
+    out = {}
+    for s in specs:
+        arr = np.asarray(feed[s.name])
+        if s.dtype is not None and arr.dtype != np.dtype(s.dtype):
+            if not np.can_cast(arr.dtype, s.dtype, casting="same_kind"):
+                raise CalibrationError(
+                    f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
+                )
+            arr = arr.astype(s.dtype)
+        if s.shape and arr.ndim != len(s.shape):
+            raise CalibrationError(f"{where}: input {s.name} has rank {arr.ndim}, the model wants {len(s.shape)}")
+        for got, want in zip(arr.shape, s.shape, strict=False):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise CalibrationError(f"{where}: input {s.name} has shape {arr.shape}, the model wants {s.shape}")
+        out[s.name] = arr
+    return out
+
+
+def _from_npz(path: Path, specs: list[InputSpec], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """Arrays named like the inputs, samples on the first axis, cut into batches."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read calibration file {path}: {exc}") from None
+    sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise CalibrationError(f"{path}: every array needs the same number of samples on its first axis")
+    n = sizes.pop()
+    for start in range(0, n, batch):
+        yield {k: a[start : start + batch] for k, a in arrays.items()}
+
+
+def _reader_iter(reader: Any) -> Iterator[Mapping[str, Any]]:
+    while (item := reader.get_next()) is not None:
+        yield item
+
+
+def load_calibration(
+    source: str | Path | Iterable[Mapping[str, Any]] | Any,
+    specs: list[InputSpec],
+    max_samples: int | None = None,
+    batch: int = DEFAULT_BATCH,
+) -> list[dict[str, np.ndarray]]:
+    """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds)."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if p.is_dir():
+            files = sorted(p.glob("*.npz"))
+            if not files:
+                raise CalibrationError(f"calibration folder {p} holds no .npz file")
+            items: Iterable[Mapping[str, Any]] = (dict(np.load(f, allow_pickle=False)) for f in files)
+        elif p.is_file():
+            items = _from_npz(p, specs, batch)
+        else:
+            raise CalibrationError(f"no such calibration file or folder: {p}")
+    elif hasattr(source, "get_next"):
+        items = _reader_iter(source)
+    else:
+        items = source
+    feeds, count = [], 0
+    for i, item in enumerate(items):
+        if max_samples is not None and count >= max_samples:
+            break
+        feed = _check_feed(item, specs, f"calibration feed {i}")
+        if max_samples is not None and isinstance(source, (str, Path)) and Path(source).is_file():
+            first = next(iter(feed.values()))
+            take = min(first.shape[0], max_samples - count)
+            feed = {k: v[:take] for k, v in feed.items()}
+            count += take
+        else:
+            count += 1
+        feeds.append(feed)
+    if not feeds:
+        raise CalibrationError("the calibration data holds no sample")
+    return feeds

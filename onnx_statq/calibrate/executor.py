@@ -1,0 +1,150 @@
+"""Carry the float and the quantized stream through the graph, segment by segment, with onnxruntime.
+
+The main graph's nodes are cut at every calibrated layer; each stretch between two layers becomes a small model run
+once per calibration batch, so each stream costs about one forward pass in total, not one per layer. Tensors are
+dropped after their last consumer, so memory holds the live activations of one frontier for every batch (the bound
+documented in docs/calibration.md). This module never edits the quantized model: it only runs copies of the float
+graph with some initializers replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+__all__ = ["StreamExecutor", "subgraph_inputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names a node's If/Loop/Scan bodies read: they must be fed to any segment holding the node."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local |= set(n.output)
+            for n in g.node:
+                names |= {i for i in n.input if i and i not in local}
+                names |= subgraph_inputs(n) - local
+    return names
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    return {i for i in node.input if i} | subgraph_inputs(node)
+
+
+class StreamExecutor:
+    """Runs ``nodes[a:b]`` of the main graph on both streams; callers walk forward with :meth:`advance`."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.weights = {t.name: t for t in model.graph.initializer}
+        self.outputs = [o.name for o in model.graph.output]
+        self.last_use = self._last_uses()
+        self.float_env = [dict(f) for f in feeds]
+        self.quant_env = [dict(f) for f in feeds]
+        self.overrides: dict[str, np.ndarray] = {}
+        self.pos = 0
+        self.sessions = 0
+
+    def _last_uses(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for name in _reads(n):
+                last[name] = i
+        for name in self.outputs:
+            last[name] = len(self.nodes)
+        return last
+
+    def set_quantized(self, name: str, value: np.ndarray) -> None:
+        """Replace a weight in the quantized stream from now on."""
+        self.overrides[name] = value
+
+    def advance(self, stop: int) -> None:
+        """Run both streams through nodes ``[pos, stop)``."""
+        if stop <= self.pos:
+            return
+        nodes = self.nodes[self.pos : stop]
+        for env, quant in ((self.float_env, False), (self.quant_env, True)):
+            self._run(nodes, env, quant, stop)
+        self.pos = stop
+
+    def finish(self) -> None:
+        self.advance(len(self.nodes))
+
+    def _segment(
+        self, nodes: list[onnx.NodeProto], env: dict[str, np.ndarray], quant: bool, stop: int
+    ) -> onnx.ModelProto:
+        produced = {o for n in nodes for o in n.output if o}
+        reads = set().union(*(_reads(n) for n in nodes)) - produced
+        inits, inputs = [], []
+        for name in sorted(reads):
+            if name in env:
+                a = env[name]
+                inputs.append(
+                    helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
+                )
+            elif name in self.weights:
+                if quant and name in self.overrides:
+                    inits.append(numpy_helper.from_array(self.overrides[name], name))
+                else:
+                    inits.append(self.weights[name])
+        body = []
+        for n in nodes:
+            out = n.output[0] if n.output else ""
+            if quant and n.op_type == "Constant" and out in self.overrides:
+                inits.append(numpy_helper.from_array(self.overrides[out], out))
+            else:
+                body.append(n)
+        keep = [o for o in sorted(produced) if self.last_use.get(o, -1) >= stop]
+        graph = helper.make_graph(
+            body, "segment", inputs, [helper.make_empty_tensor_value_info(o) for o in keep], inits
+        )
+        m = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        m.ir_version = self.model.ir_version
+        m.functions.extend(self.model.functions)
+        return m
+
+    def _run(self, nodes: list[onnx.NodeProto], envs: list[dict[str, np.ndarray]], quant: bool, stop: int) -> None:
+        model = self._segment(nodes, envs[0], quant, stop)
+        keep = [o.name for o in model.graph.output]
+        if not keep:
+            return
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.sessions += 1
+        names = [i.name for i in sess.get_inputs()]
+        for env in envs:
+            for name, value in zip(keep, sess.run(keep, {k: env[k] for k in names}), strict=True):
+                env[name] = value
+            for name in [k for k in env if self.last_use.get(k, -1) < stop]:
+                del env[name]
+
+    def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
+        return [env[name] for env in (self.quant_env if quant else self.float_env)]
+
+    def add_to_output(self, name: str, delta: np.ndarray, axis: int) -> None:
+        """Apply a bias correction to a layer's output in the quantized stream (the graph gets the same bias)."""
+        for env in self.quant_env:
+            shape = [1] * env[name].ndim
+            shape[axis] = -1
+            env[name] = (env[name] + delta.reshape(shape)).astype(env[name].dtype)
+
+    def graph_outputs(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        pick = lambda envs: [{k: e[k] for k in self.outputs if k in e} for e in envs]  # noqa: E731
+        return pick(self.float_env), pick(self.quant_env)
+
+
+def iter_layers(positions: Iterable[int]) -> list[int]:
+    return sorted(set(positions))

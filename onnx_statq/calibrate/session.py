@@ -1,0 +1,104 @@
+"""Sequential calibration: walk the calibrated layers in topological order, refit each on the quantized stream.
+
+The pass hands over a :class:`LayerPlan` per weight (its data-free encoding and where it sits in the graph); this
+module returns refined encodings and bias corrections. It runs onnxruntime through :class:`StreamExecutor` and
+numpy through :mod:`refit`; it never edits the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
+from .executor import StreamExecutor
+from .refit import GramStats, LayerGeometry, patches, refit_layer, supported
+
+__all__ = ["calibrate"]
+
+logger = logging.getLogger(__name__)
+
+# Measured on PP-OCRv6 at 4 bits: the mean-output (bias) correction lifts character accuracy from 0.964 to 0.997
+# on convolutions, but on MatMul layers (attention and the classifier head) it lowered it to 0.867, so MatMul
+# layers get the codebook refit only. See docs/calibration.md.
+BIAS_OPS = frozenset({"Conv", "Gemm"})
+
+
+def _model_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
+    noise = signal = 0.0
+    for a, b in zip(ref, out, strict=True):
+        for k, x in a.items():
+            if k in b and np.issubdtype(np.asarray(x).dtype, np.floating):
+                x64 = np.asarray(x, np.float64)
+                noise += float(np.sum((x64 - np.asarray(b[k], np.float64)) ** 2))
+                signal += float(np.sum(x64**2))
+    if signal == 0:
+        return None
+    return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+
+
+def _out_axis(op: str) -> int:
+    return 1 if op == "Conv" else -1
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]],
+    plans: list[LayerPlan],
+    mode: CalibrationMode,
+    progress: Callable[[int, int, str], None] | None = None,
+    refit_levels: bool = True,
+    bias_correction: bool = True,
+) -> CalibrationSummary:
+    """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free."""
+    summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
+    ex = StreamExecutor(model, feeds)
+    t_run = t_fit = 0.0
+    for i, plan in enumerate(sorted(plans, key=lambda p: p.node_index)):
+        if progress:
+            progress(i, len(plans), plan.weight)
+        t0 = time.perf_counter()
+        ex.advance(plan.node_index)
+        t1 = time.perf_counter()
+        outcome = _calibrate_one(ex, plan, mode, refit_levels, bias_correction)
+        t2 = time.perf_counter()
+        ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
+        ex.advance(plan.node_index + 1)
+        if outcome.bias_delta is not None:
+            ex.add_to_output(plan.output_name, outcome.bias_delta, _out_axis(plan.op))
+        summary.outcomes[plan.weight] = outcome
+        t_run += (t1 - t0) + (time.perf_counter() - t2)
+        t_fit += t2 - t1
+    t0 = time.perf_counter()
+    ex.finish()
+    ref, out = ex.graph_outputs()
+    summary.model_sqnr_db = _model_sqnr(ref, out)
+    summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
+    summary.sessions = ex.sessions
+    return summary
+
+
+def _calibrate_one(
+    ex: StreamExecutor, plan: LayerPlan, mode: CalibrationMode, refit_levels: bool, bias_correction: bool
+) -> LayerOutcome:
+    why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
+    if why is not None:
+        return LayerOutcome(plan.encoded, note=f"data-free: {why}")
+    geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape), _out_axis(plan.op))
+    stats = GramStats()
+    xf_all = ex.inputs(plan.input_name, quant=False)
+    xq_all = xf_all if mode == CalibrationMode.INDEPENDENT else ex.inputs(plan.input_name, quant=True)
+    for xq, xf in zip(xq_all, xf_all, strict=True):
+        stats.add(patches(geo, xq), patches(geo, xf))
+    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels)
+    if not bias_correction or plan.op not in BIAS_OPS:
+        result = dataclasses.replace(result, bias_delta=None)
+    note = "refitted" if result.refitted else "bias only"
+    return LayerOutcome(
+        result.encoded, result.bias_delta, result.output_sqnr_before_db, result.output_sqnr_after_db, note
+    )

@@ -1,0 +1,52 @@
+"""Apply a calibration bias correction to a layer in the graph: update its bias, or give it one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+__all__ = ["add_bias"]
+
+
+def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str]) -> gs.Constant:
+    values = np.asarray(const.values)
+    new = (values.astype(np.float64) + delta.reshape(values.shape)).astype(values.dtype)
+    return gs.Constant(fresh(f"{const.name}.statq_bias"), new)
+
+
+def add_bias(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
+    """Add ``delta`` (one value per output channel) to the layer's output bias; False if the graph does not allow.
+
+    A new constant is always created rather than editing the old one in place, because a bias may be shared.
+    """
+    n = delta.size
+    if node.op in ("Conv", "Gemm"):
+        if len(node.inputs) >= 3 and node.inputs[2].name:
+            bias = node.inputs[2]
+            if not isinstance(bias, gs.Constant) or int(np.prod(bias.shape)) != n:
+                return False
+            node.inputs[2] = _updated(bias, delta, fresh)
+            return True
+        dtype = np.dtype(node.inputs[1].dtype or np.float32)
+        node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), delta.astype(dtype)))
+        return True
+    if node.op == "MatMul":
+        out = node.outputs[0]
+        users = list(out.outputs)
+        if len(users) == 1 and users[0].op == "Add":
+            add = users[0]
+            other = [i for i, t in enumerate(add.inputs) if t is not out]
+            if len(other) == 1 and isinstance(add.inputs[other[0]], gs.Constant):
+                c = add.inputs[other[0]]
+                if tuple(c.shape) == (n,):
+                    add.inputs[other[0]] = _updated(c, delta, fresh)
+                    return True
+        mid = gs.Variable(fresh(f"{out.name}.statq_pre_bias"), dtype=out.dtype)
+        node.outputs[0] = mid
+        const = gs.Constant(fresh(f"{out.name}.statq_bias"), delta.astype(np.dtype(out.dtype or np.float32)))
+        add_node = gs.Node("Add", fresh(f"{node.name or 'matmul'}/statq_bias"), {}, [mid, const], [out])
+        graph.nodes.insert(graph.nodes.index(node) + 1, add_node)
+        return True
+    return False

@@ -1,0 +1,56 @@
+"""The records exchanged between the graph pass and calibration, kept apart so neither imports the other."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .codebook import EncodedTensor
+
+__all__ = ["CalibrationMode", "CalibrationSummary", "LayerOutcome", "LayerPlan", "Refiner"]
+
+
+class CalibrationMode(enum.StrEnum):
+    SEQUENTIAL = "sequential"  # fit each layer on the input it will really see: the quantized stream
+    INDEPENDENT = "independent"  # fit each layer on float inputs: the classic, layer-by-layer approach
+    NONE = "none"  # data-free
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    weight: str
+    node_index: int  # position of the consumer node in the main graph
+    op: str
+    attrs: dict[str, Any]
+    slot: int
+    input_name: str
+    output_name: str
+    values: np.ndarray
+    encoded: EncodedTensor
+
+
+@dataclass
+class LayerOutcome:
+    encoded: EncodedTensor
+    bias_delta: np.ndarray | None = None
+    sqnr_before_db: float | None = None
+    sqnr_after_db: float | None = None
+    note: str = ""
+
+
+@dataclass
+class CalibrationSummary:
+    outcomes: dict[str, LayerOutcome] = field(default_factory=dict)
+    model_sqnr_db: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    sessions: int = 0
+    mode: str = ""
+    samples: int = 0
+
+
+Refiner = Callable[[onnx.ModelProto, list[LayerPlan]], CalibrationSummary]

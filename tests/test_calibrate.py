@@ -1,0 +1,117 @@
+"""Calibration: data validation, the two-stream executor, and that sequential >= independent >= data-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REPO, run, sqnr
+from onnx import TensorProto, helper
+
+from onnx_statq import CalibrationError, QuantConfig, StatqPass, quantize
+from onnx_statq.calibrate import calibrate, load_calibration, model_inputs
+from onnx_statq.calibrate.executor import StreamExecutor
+
+DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
+CALIB = REPO / "models" / "digits" / "digits_calib.npz"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    m = onnx.load(DIGITS)
+    data = np.load(REPO / "models" / "digits" / "digits_test.npz")
+    return m, data["x"], run(m, {"input": data["x"]})[0]
+
+
+@pytest.mark.parametrize("bits", [3, 2])
+def test_sequential_beats_independent_beats_data_free(digits, bits):
+    m, x, ref = digits
+    scores = {}
+    for mode in ("none", "independent", "sequential"):
+        q = quantize(m, bits=bits, calib=CALIB, calib_mode=mode)
+        scores[mode] = sqnr(ref, run(q, {"input": x})[0])  # held-out test data, not the calibration set
+    assert scores["sequential"] > scores["independent"] > scores["none"]
+
+
+def test_calibrated_model_matches_executor_stream(digits):
+    """The graph the pass writes computes what the quantized stream computed during calibration."""
+    m, _, _ = digits
+    feeds = load_calibration(CALIB, model_inputs(m), 16)
+    r = StatqPass(QuantConfig(bits=3), refiner=lambda mm, plans: calibrate(mm, feeds, plans, "sequential"))(m)
+    onnx.checker.check_model(r.model)
+    ref = np.concatenate([run(m, f)[0] for f in feeds])
+    out = np.concatenate([run(r.model, f)[0] for f in feeds])
+    assert sqnr(ref, out) == pytest.approx(r.report.calibration["model_output_sqnr_db"], abs=0.05)
+    assert all(layer.calibration for layer in r.report.layers)
+    calibrated = [layer for layer in r.report.layers if layer.output_sqnr_calibrated_db is not None]
+    assert calibrated and all(
+        layer.output_sqnr_calibrated_db >= layer.output_sqnr_datafree_db - 1e-6 for layer in calibrated
+    )
+
+
+def test_bias_added_to_conv_without_bias(make_model, rng):
+    from conftest import folded_conv_weights
+
+    w = folded_conv_weights(rng, 32, 16)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 6, 6])
+    m = make_model(nodes, [x], [y], {"w": w})
+    calib = [{"x": np.abs(rng.standard_normal((4, 16, 6, 6))).astype(np.float32) + 0.5} for _ in range(3)]
+    q = quantize(m, bits=2, calib=calib)
+    conv = next(n for n in q.graph.node if n.op_type == "Conv")
+    assert len(conv.input) == 3  # a bias was added to absorb the mean output error
+    test = {"x": np.abs(rng.standard_normal((4, 16, 6, 6))).astype(np.float32) + 0.5}
+    assert sqnr(run(m, test)[0], run(q, test)[0]) > sqnr(run(m, test)[0], run(quantize(m, bits=2), test)[0])
+
+
+def test_executor_frees_tensors_and_keeps_outputs(conv_model, rng):
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}]
+    ex = StreamExecutor(m, feeds)
+    ex.advance(3)
+    assert "c1" not in ex.float_env[0]  # consumed only by relu1, which has run
+    assert "c2" in ex.float_env[0]
+    ex.finish()
+    ref, out = ex.graph_outputs()
+    assert np.allclose(ref[0]["y"], run(m, feeds[0])[0], atol=1e-5)
+    assert np.array_equal(ref[0]["y"], out[0]["y"])  # no weight replaced: both streams agree
+
+
+def test_reader_protocol_and_iterables(digits):
+    m, _, _ = digits
+    arr = np.load(CALIB)["input"]
+
+    class Reader:  # onnxruntime.quantization.CalibrationDataReader protocol
+        def __init__(self):
+            self.items = iter([{"input": arr[i : i + 4]} for i in range(0, 16, 4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    assert len(load_calibration(Reader(), model_inputs(m))) == 4
+    assert len(load_calibration([{"input": arr[:8]}], model_inputs(m))) == 1
+    assert sum(f["input"].shape[0] for f in load_calibration(CALIB, model_inputs(m), 20)) == 20
+
+
+@pytest.mark.parametrize(
+    "feed, message",
+    [
+        ({"wrong": np.zeros((2, 1, 8, 8), np.float32)}, "missing inputs"),
+        ({"input": np.zeros((2, 8, 8), np.float32)}, "rank"),
+        ({"input": np.zeros((2, 3, 8, 8), np.float32)}, "shape"),
+        ({"input": np.zeros((2, 1, 8, 8), np.complex64)}, "dtype"),
+    ],
+)
+def test_bad_calibration_data_is_rejected_before_work(digits, feed, message):
+    m, _, _ = digits
+    with pytest.raises(CalibrationError, match=message):
+        quantize(m, calib=[feed])
+
+
+def test_folder_of_feeds(tmp_path, digits):
+    m, _, _ = digits
+    arr = np.load(CALIB)["input"]
+    for i in range(3):
+        np.savez(tmp_path / f"feed{i}.npz", input=arr[i * 4 : i * 4 + 4])
+    assert len(load_calibration(tmp_path, model_inputs(m))) == 3
