@@ -91,7 +91,7 @@ def quantize_file(
     written = save_model(result.model, dst_p)
     t3 = time.perf_counter()
     report = result.report
-    report.timings = {"load_s": t1 - t0, "quantize_s": t2 - t1, "save_s": t3 - t2}
+    report.timings = {"load_s": t1 - t0, "quantize_s": t2 - t1, "save_s": t3 - t2, **report.timings}
     inputs = [src_p] + [src_p.parent / n for n in data_files]
     before, after = report.weight_bytes()
     report.totals = {

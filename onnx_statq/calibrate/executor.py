@@ -10,7 +10,6 @@ graph with some initializers replaced.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -53,6 +52,7 @@ class StreamExecutor:
         self.float_env = [dict(f) for f in feeds]
         self.quant_env = [dict(f) for f in feeds]
         self.overrides: dict[str, np.ndarray] = {}
+        self.node_bias: dict[int, np.ndarray] = {}
         self.pos = 0
         self.sessions = 0
 
@@ -68,6 +68,30 @@ class StreamExecutor:
     def set_quantized(self, name: str, value: np.ndarray) -> None:
         """Replace a weight in the quantized stream from now on."""
         self.overrides[name] = value
+
+    def can_add_bias(self, index: int) -> bool:
+        node = self.nodes[index]
+        return len(node.input) < 3 or not node.input[2] or node.input[2] in self.weights
+
+    def add_bias(self, index: int, delta: np.ndarray) -> None:
+        """Add ``delta`` to the bias of node ``index`` in the quantized stream (the graph gets the same bias)."""
+        if index < self.pos:
+            raise ValueError("bias of a node that has already run")
+        self.node_bias[index] = delta
+
+    def _biased(self, index: int, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.TensorProto]:
+        delta = self.node_bias[index]
+        old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        base = numpy_helper.to_array(self.weights[old]) if old else np.zeros(delta.shape, np.float32)
+        name = f"statq_calib_bias_{index}"
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        if old:
+            copy.input[2] = name
+        else:
+            copy.input.append(name)
+        value = (base.astype(np.float64) + delta.reshape(base.shape)).astype(base.dtype)
+        return copy, numpy_helper.from_array(value, name)
 
     def advance(self, stop: int) -> None:
         """Run both streams through nodes ``[pos, stop)``."""
@@ -99,10 +123,14 @@ class StreamExecutor:
                 else:
                     inits.append(self.weights[name])
         body = []
-        for n in nodes:
+        for index, n in enumerate(nodes, start=self.pos):
             out = n.output[0] if n.output else ""
             if quant and n.op_type == "Constant" and out in self.overrides:
                 inits.append(numpy_helper.from_array(self.overrides[out], out))
+            elif quant and index in self.node_bias:
+                node, bias = self._biased(index, n)
+                body.append(node)
+                inits.append(bias)
             else:
                 body.append(n)
         keep = [o for o in sorted(produced) if self.last_use.get(o, -1) >= stop]
@@ -134,17 +162,6 @@ class StreamExecutor:
     def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]
 
-    def add_to_output(self, name: str, delta: np.ndarray, axis: int) -> None:
-        """Apply a bias correction to a layer's output in the quantized stream (the graph gets the same bias)."""
-        for env in self.quant_env:
-            shape = [1] * env[name].ndim
-            shape[axis] = -1
-            env[name] = (env[name] + delta.reshape(shape)).astype(env[name].dtype)
-
     def graph_outputs(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
         pick = lambda envs: [{k: e[k] for k in self.outputs if k in e} for e in envs]  # noqa: E731
         return pick(self.float_env), pick(self.quant_env)
-
-
-def iter_layers(positions: Iterable[int]) -> list[int]:
-    return sorted(set(positions))

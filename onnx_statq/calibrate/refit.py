@@ -125,7 +125,7 @@ class RefitResult:
 
 def _quad_error(w: np.ndarray, g: np.ndarray, h: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Per-channel ||P w_c - y_c||^2 from the Gram statistics."""
-    return np.einsum("ci,ij,cj->c", w, g, w) - 2 * np.einsum("ci,ic->c", w, h) + yy
+    return np.sum((w @ g) * w, axis=1) - 2 * np.sum(w * h.T, axis=1) + yy
 
 
 def _db(err: np.ndarray, yy: np.ndarray) -> float:
@@ -206,7 +206,7 @@ def refit_layer(
     assert stats.gqq is not None and stats.gqf is not None and stats.gff is not None
     wf = geo.rows(w_float).astype(np.float64)
     h = stats.gqf @ wf.T
-    yy = np.einsum("ci,ij,cj->c", wf, stats.gff, wf)
+    yy = np.sum((wf @ stats.gff) * wf, axis=1)
     before = _quad_error(geo.rows(enc.decoded()).astype(np.float64), stats.gqq, h, yy)
     new = enc
     if refit_levels and enc.representation != Representation.FLOAT16:

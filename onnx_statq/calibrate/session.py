@@ -68,9 +68,11 @@ def calibrate(
         outcome = _calibrate_one(ex, plan, mode, refit_levels, bias_correction)
         t2 = time.perf_counter()
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
-        ex.advance(plan.node_index + 1)
         if outcome.bias_delta is not None:
-            ex.add_to_output(plan.output_name, outcome.bias_delta, _out_axis(plan.op))
+            if ex.can_add_bias(plan.node_index):
+                ex.add_bias(plan.node_index, outcome.bias_delta)
+            else:
+                outcome.bias_delta = None
         summary.outcomes[plan.weight] = outcome
         t_run += (t1 - t0) + (time.perf_counter() - t2)
         t_fit += t2 - t1
