@@ -35,6 +35,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,10 @@ def bench_tensor(w: np.ndarray, bits: int) -> dict[str, Any]:
     groups = w.reshape(1, -1)
     x64 = groups.astype(np.float64).ravel()
     k = 1 << bits
-    runs: dict[str, Callable[[], np.ndarray] | None] = {m: (lambda m=m: _ours(groups, bits, m)) for m in OURS}
-    runs["naive3s"] = lambda: naive_three_sigma(x64, k)
+    runs: dict[str, Callable[[], np.ndarray] | None] = {m: partial(_ours, groups, bits, m) for m in OURS}
+    runs["naive3s"] = partial(naive_three_sigma, x64, k)
     skip_sklearn = bits == 8 and w.size > SKLEARN_8BIT_MAX_ELEMENTS  # minutes of K=256 Lloyd steps per tensor
-    runs["sklearn"] = None if skip_sklearn else (lambda: _sklearn(groups.ravel(), k))
+    runs["sklearn"] = None if skip_sklearn else partial(_sklearn, groups.ravel(), k)
     mse: dict[str, float | None] = {}
     secs: dict[str, float | None] = {}
     for name, fn in runs.items():

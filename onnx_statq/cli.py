@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .api import DEFAULT_CALIB_SAMPLES, quantize_file
+from .api import DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, quantize_file
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import StatqError
@@ -83,7 +83,9 @@ def _table(report: Report) -> str:
             if sq is not None
             else f"calibration: {c['mode']}"
         )
-    if report.verify:
+    if report.verify.get("skipped"):
+        lines.append(f"verify: skipped: {report.verify['skipped']}")
+    elif report.verify:
         lines.append(
             f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB"
         )
@@ -170,6 +172,13 @@ def main() -> None:
     help="sequential: fit each layer on the quantized stream; independent: on float inputs; none: data-free.",
 )
 @click.option(
+    "--calib-compensation",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_COMPENSATION,
+    show_default=True,
+    help="Share of upstream error each layer is fitted to undo (1: reproduce the float output; 0: GPTQ target).",
+)
+@click.option(
     "--report",
     "report_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -215,6 +224,7 @@ def _quantize(**opts: Any) -> None:
             calib=opts["calib"],
             calib_samples=opts["calib_samples"],
             calib_mode=opts["calib_mode"],
+            calib_compensation=opts["calib_compensation"],
         )
     finally:
         if bar is not None:

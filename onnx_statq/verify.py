@@ -47,15 +47,23 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = D
         elif dtype is np.bool_:
             feeds[i.name] = np.ones(shape, dtype=bool)
         else:
-            feeds[i.name] = rng.integers(0, 2 if "mask" in i.name else 100, size=shape).astype(dtype)
+            # ids index tables of unknown size (a token-type table has 2 rows): 0 and 1 are always valid
+            feeds[i.name] = (np.ones(shape) if "mask" in i.name else rng.integers(0, 2, size=shape)).astype(dtype)
     return feeds
 
 
 def compare(float_path: Path, quant_path: Path, seed: int = 0) -> dict[str, Any]:
-    """Output SQNR (dB) of the quantized model against the float one, per output and worst."""
+    """Output SQNR (dB) of the quantized model against the float one, per output and worst.
+
+    If the float model itself cannot run on generated inputs (inputs with meaning, such as ids into a table), the
+    check is reported as skipped; if only the quantized model fails, that is a real failure and is raised.
+    """
     ref, q = _session(float_path), _session(quant_path)
     feeds = random_feeds(ref, seed)
-    a = ref.run(None, feeds)
+    try:
+        a = ref.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        return {"skipped": f"the float model fails on generated inputs: {str(exc).splitlines()[0][:200]}"}
     b = q.run(None, feeds)
     per = {}
     for meta, x, y in zip(ref.get_outputs(), a, b, strict=False):

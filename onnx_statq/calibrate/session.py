@@ -54,6 +54,7 @@ def calibrate(
     progress: Callable[[int, int, str], None] | None = None,
     refit_levels: bool = True,
     bias_correction: bool = True,
+    compensation: float = 1.0,
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
@@ -65,7 +66,7 @@ def calibrate(
         t0 = time.perf_counter()
         ex.advance(plan.node_index)
         t1 = time.perf_counter()
-        outcome = _calibrate_one(ex, plan, mode, refit_levels, bias_correction)
+        outcome = _calibrate_one(ex, plan, mode, refit_levels, bias_correction, compensation)
         t2 = time.perf_counter()
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
         if outcome.bias_delta is not None:
@@ -86,7 +87,12 @@ def calibrate(
 
 
 def _calibrate_one(
-    ex: StreamExecutor, plan: LayerPlan, mode: CalibrationMode, refit_levels: bool, bias_correction: bool
+    ex: StreamExecutor,
+    plan: LayerPlan,
+    mode: CalibrationMode,
+    refit_levels: bool,
+    bias_correction: bool,
+    compensation: float,
 ) -> LayerOutcome:
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
@@ -97,7 +103,7 @@ def _calibrate_one(
     xq_all = xf_all if mode == CalibrationMode.INDEPENDENT else ex.inputs(plan.input_name, quant=True)
     for xq, xf in zip(xq_all, xf_all, strict=True):
         stats.add(patches(geo, xq), patches(geo, xf))
-    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels)
+    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, compensation)
     if not bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)
     note = "refitted" if result.refitted else "bias only"

@@ -125,6 +125,8 @@ def encode_tensor(
     if granularity == Granularity.CHANNEL:
         return _encode_codebook(w, axis, bits, method, per_channel=True)
     per_tensor = _encode_codebook(w, axis, bits, method, per_channel=False)
+    if per_tensor.rel_error <= GOOD_ENOUGH or _channel_spread(w, axis) < SPREAD_FLOOR:
+        return per_tensor
     if per_tensor.rel_error <= channel_tolerance * _scale_free_error(w, axis, bits, method):
         return per_tensor
     per_channel = _encode_codebook(w, axis, bits, method, per_channel=True)
@@ -133,6 +135,18 @@ def encode_tensor(
     half = w.astype(np.float16)
     err = channel_rel_error(w, half.astype(np.float32), axis)
     return EncodedTensor(Representation.FLOAT16, w.shape, axis, None, None, half, err, 2 * w.size)
+
+
+GOOD_ENOUGH = 1e-4  # 40 dB per channel: nothing left for per-channel codebooks to win (8 bits, mostly)
+SPREAD_FLOOR = 2.0  # channels whose RMS differ by less than 2x agree well enough for one codebook
+
+
+def _channel_spread(w: np.ndarray, axis: int) -> float:
+    """Largest over smallest channel RMS (all-zero channels ignored): a one-pass test before the costly one."""
+    groups = to_groups(w, axis).astype(np.float64)
+    rms = np.sqrt(np.mean(groups * groups, axis=1))
+    rms = rms[rms > 0]
+    return float(rms.max() / rms.min()) if rms.size else 1.0
 
 
 def _scale_free_error(w: np.ndarray, axis: int, bits: int, method: Method) -> float:
