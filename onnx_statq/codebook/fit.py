@@ -58,6 +58,7 @@ class _SortedRuns:
         self.keyed = ((values - self.lo) / self.span + self.off).ravel()
         self.cw = np.concatenate(([0.0], np.cumsum(weights.ravel())))
         self.cs = np.concatenate(([0.0], np.cumsum((values * weights).ravel())))
+        self.cs2 = np.concatenate(([0.0], np.cumsum((values * values * weights).ravel())))
         self.start = (np.arange(g) * m)[:, None]
         self.end = self.start + m
 
@@ -73,6 +74,14 @@ class _SortedRuns:
         sums = self.cs[bounds[:, 1:]] - self.cs[bounds[:, :-1]]
         out = np.where(cnt > 0, sums / np.where(cnt > 0, cnt, 1.0), prev)
         return np.sort(out, axis=1)
+
+    def sse(self, levels: np.ndarray) -> np.ndarray:
+        """Per-row squared error of nearest-level assignment, from prefix sums."""
+        b = self.bounds(levels)
+        cnt = self.cw[b[:, 1:]] - self.cw[b[:, :-1]]
+        s1 = self.cs[b[:, 1:]] - self.cs[b[:, :-1]]
+        s2 = self.cs2[b[:, 1:]] - self.cs2[b[:, :-1]]
+        return np.sum(s2 - 2 * levels * s1 + cnt * levels * levels, axis=1)
 
     def lloyd(self, levels: np.ndarray, max_steps: int) -> tuple[np.ndarray, int]:
         """Centroid steps until no boundary moves or ``max_steps``; returns levels and the steps taken."""
@@ -134,20 +143,29 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
 
 
 def kmeans_levels(x: np.ndarray, k: int) -> np.ndarray:
-    """Exact 1-D Lloyd k-means per row, to convergence: the Deep Compression baseline, made strong.
+    """1-D Lloyd k-means per row, run to convergence: the Deep Compression baseline, made strong.
 
-    Runs on the sorted values (see :class:`_SortedRuns`), so converging costs little even at K=256. Starting from K
-    equal-count runs uses all K levels and is deterministic.
+    Runs on the sorted values (see :class:`_SortedRuns`), so converging costs little even at K=256. Lloyd only finds
+    a local optimum, so it starts twice, deterministically, and keeps the better result per row: from K equal-count
+    runs (uses all K levels) and from the cube-root-density placement (follows heavy tails, where equal-count
+    starts leave the outliers with too few levels).
     """
     g, n = x.shape
     xs = np.sort(x, axis=1)
     runs = _SortedRuns(xs, np.ones_like(xs))
     start = np.round(np.linspace(0, n, k + 1)).astype(np.int64)[None, :] + runs.start
-    levels = runs.means(start, np.zeros((g, k)))
-    levels, steps = runs.lloyd(levels, KMEANS_MAX_ITER)
-    if steps == KMEANS_MAX_ITER:
-        logger.debug("k-means stopped after %d iterations before converging (k=%d, n=%d)", steps, k, n)
-    return levels
+    best = None
+    for init in (runs.means(start, np.zeros((g, k))), sigma_levels(x, k)):
+        levels, steps = runs.lloyd(np.sort(init, axis=1), KMEANS_MAX_ITER)
+        if steps == KMEANS_MAX_ITER:
+            logger.debug("k-means stopped after %d iterations before converging (k=%d, n=%d)", steps, k, n)
+        if best is None:
+            best = levels
+        else:
+            better = runs.sse(levels) < runs.sse(best)
+            best = np.where(better[:, None], levels, best)
+    assert best is not None
+    return best
 
 
 def uniform_levels(x: np.ndarray, k: int) -> np.ndarray:

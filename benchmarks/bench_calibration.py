@@ -1,0 +1,553 @@
+"""What calibration buys on the real task models, and what it costs, against data-free quantization.
+
+Why: calibration is only worth its extra input (data) and time if it recovers task accuracy that the
+data-free pass loses, and if its cost stays near a few forward passes. The unit tests cannot show either;
+this script measures both on the task models of ``benchmarks.tasks``:
+
+- for each task, the float model is evaluated once; then for each bit width (4, 3, 2) the model is
+  quantized with calibration mode ``none`` (data-free), ``independent`` and ``sequential``, and the copy
+  evaluated; at 3 bits ``sequential`` is also run with compensation 0.0 and 1.0 (the default is 0.5) to
+  show the effect of the refit target;
+- the calibration feeds come from ``task.calibration_feeds(n)`` (data disjoint from the evaluation);
+- each row records the task metric and its change in points, the model-output SQNR on the calibration
+  feeds (measured here for every row, including data-free, and as the pass reports it), the pass time
+  split into ``calib_run_s`` (onnxruntime streams) and ``calib_fit_s`` (the solves), and the time of one
+  float forward pass over the same feeds measured in this process just before the row, so calibration
+  cost reads as a multiple of one float pass (timings are noisy on a shared machine; ratios are not).
+
+Outputs, rewritten atomically after every row so an interrupted run keeps what it measured:
+``benchmarks/results/calibration.json`` and ``calibration.md`` (``calibration_quick.*`` with ``--quick``).
+
+Run from the repository root (a full run takes 40-60 minutes on 2 cores)::
+
+    python -m benchmarks.bench_calibration [--quick] [--tasks digits,magika,ppocr_rec,minilm]
+        [--bits 4,3,2] [--samples N]
+
+``--quick`` evaluates only the first 100 samples (magika, ppocr_rec; digits always runs in full), at
+4 and 3 bits, and skips minilm unless ``--tasks`` names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # Run as a script: import the package from the repo root, not this folder,
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # where tasks/magika.py would shadow magika.
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, evaluate_row, machine_info
+from benchmarks.tasks import TASKS
+from benchmarks.tasks._common import make_session
+from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
+from onnx_statq.config import QuantConfig
+from onnx_statq.report import Report
+
+DEFAULT_SAMPLES = 32
+TASK_SAMPLES = {"digits": 64}  # digits ships exactly 64 calibration images; use them all
+MODES = ("none", "independent", "sequential")
+MODE_SHORT = {"none": "data-free", "independent": "indep", "sequential": "seq"}
+COMPENSATION_BITS = 3
+EXTRA_COMPENSATIONS = (0.0, 1.0)
+FLOAT_PASS_REPEATS = 3  # median of three passes: one pass of a small model is a few ms, easily disturbed
+QUICK_SKIP = ("minilm",)  # its 600-pair evaluation dominates a quick run; name it in --tasks to keep it
+
+# Targets from the calibration brief.
+MAX_LOSS_4BIT = 0.5  # points of the main metric, calibrated (sequential, default compensation) vs float
+MAX_LOSS_3BIT = 2.0
+MAX_RUN_X_FLOAT = 4.0  # calib_run_s at most this many float passes over the same feeds
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One quantized configuration: bit width, calibration mode and refit-target compensation."""
+
+    bits: int
+    mode: str
+    compensation: float = DEFAULT_COMPENSATION
+
+    @property
+    def label(self) -> str:
+        """'seq/3', or 'seq/3 c=0' when the compensation is not the default: short enough for a table column."""
+        base = f"{MODE_SHORT[self.mode]}/{self.bits}"
+        if self.mode == "none" or self.compensation == DEFAULT_COMPENSATION:
+            return base
+        return f"{base} c={self.compensation:g}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options; unset values take the quick or the full default, so --quick can still be narrowed."""
+    parser = argparse.ArgumentParser(description="Task accuracy and cost of calibrated vs data-free quantization.")
+    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT} samples, 4 and 3 bits, no minilm")
+    parser.add_argument("--tasks", type=lambda s: _csv(str, s), default=None)
+    parser.add_argument("--bits", type=lambda s: _csv(int, s), default=None)
+    parser.add_argument("--samples", type=int, default=None, help="calibration samples (default 32; digits 64)")
+    parser.add_argument("--out", default=None, help="output name under benchmarks/results (default calibration)")
+    args = parser.parse_args(argv)
+    if args.tasks is None:
+        args.tasks = [t for t in TASKS if not (args.quick and t in QUICK_SKIP)]
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    if args.samples is not None and args.samples < 1:
+        parser.error("--samples must be at least 1")
+    args.bits = args.bits or ([4, 3] if args.quick else [4, 3, 2])
+    args.out = args.out or ("calibration_quick" if args.quick else "calibration")
+    args.limit = QUICK_LIMIT if args.quick else None
+    return args
+
+
+def settings(bits: list[int]) -> list[Setting]:
+    """The grid in reading order: per bit width the three modes, then the compensation variants at 3 bits."""
+    grid = []
+    for b in bits:
+        grid += [Setting(b, m) for m in MODES]
+        if b == COMPENSATION_BITS:
+            grid += [Setting(b, "sequential", c) for c in EXTRA_COMPENSATIONS]
+    return grid
+
+
+def samples_for(task: str, override: int | None) -> int:
+    """Calibration sample count: the --samples value, else the task's default."""
+    return override if override is not None else TASK_SAMPLES.get(task, DEFAULT_SAMPLES)
+
+
+def run_outputs(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """All outputs of one pass over every feed, keyed by output name."""
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(None, feed), strict=True)) for feed in feeds]
+
+
+def time_float_pass(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> float:
+    """Seconds of one float forward pass over all feeds (median of a few, taken right before the row it scales)."""
+    times = []
+    for _ in range(FLOAT_PASS_REPEATS):
+        start = time.perf_counter()
+        for feed in feeds:
+            sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def output_sqnr_db(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
+    """Model-output SQNR over all float outputs of all feeds; computed here so data-free rows get one too."""
+    noise = signal = 0.0
+    for a, b in zip(ref, out, strict=True):
+        for key, x in a.items():
+            if key in b and np.issubdtype(np.asarray(x).dtype, np.floating):
+                x64 = np.asarray(x, np.float64)
+                noise += float(np.sum((x64 - np.asarray(b[key], np.float64)) ** 2))
+                signal += float(np.sum(x64**2))
+    if signal == 0:
+        return None
+    return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
+
+
+@dataclass
+class TaskContext:
+    """What every row of one task shares: model, calibration feeds, float session and reference results."""
+
+    name: str
+    model: Path
+    feeds: list[dict[str, np.ndarray]]
+    session: ort.InferenceSession
+    float_outputs: list[dict[str, np.ndarray]]
+    ref: dict[str, Any]
+    limit: int | None
+
+
+def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContext, dict[str, Any]]:
+    """Build the feeds, open the float session, evaluate the float model; returns the context and float row."""
+    module = TASKS[task]
+    model = Path(module.default_model_path())
+    start = time.perf_counter()
+    feeds = module.calibration_feeds(samples)
+    feeds_s = time.perf_counter() - start
+    start = time.perf_counter()
+    sess = make_session(model)
+    session_s = time.perf_counter() - start
+    float_outputs = run_outputs(sess, feeds)  # also the warm-up for the timed passes
+    row: dict[str, Any] = {"task": task, "setting": "float", "bits": None, "mode": None, "compensation": None}
+    row.update(evaluate_row(task, model, limit))
+    row.update(
+        delta_points=0.0,
+        secondary_delta_points={k: 0.0 for k in row["secondary"]},
+        calib_samples=sum(len(next(iter(f.values()))) for f in feeds),
+        calib_feeds=len(feeds),
+        calib_build_s=feeds_s,
+        float_session_s=session_s,
+        float_pass_s=time_float_pass(sess, feeds),
+        file_bytes=model.stat().st_size,
+    )
+    return TaskContext(task, model, feeds, sess, float_outputs, row, limit), row
+
+
+def _layer_summary(report: Report) -> dict[str, Any]:
+    """How many weights each calibration outcome took, and the median per-layer output-SQNR gain."""
+    notes = Counter((r.calibration or "not planned").split(":")[0] for r in report.layers)
+    gains = [
+        r.output_sqnr_calibrated_db - r.output_sqnr_datafree_db
+        for r in report.layers
+        if r.output_sqnr_calibrated_db is not None
+        and r.output_sqnr_datafree_db is not None
+        and math.isfinite(r.output_sqnr_calibrated_db)
+        and math.isfinite(r.output_sqnr_datafree_db)
+    ]
+    return {
+        "layer_notes": dict(sorted(notes.items())),
+        "layer_sqnr_gain_median_db": statistics.median(gains) if gains else None,
+        "layer_sqnr_gain_min_db": min(gains) if gains else None,
+    }
+
+
+def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
+    """Quantize with one setting into a temporary folder, evaluate, and compare with the float row."""
+    row = _row_head(ctx.name, setting)
+    calibrated = setting.mode != "none"
+    if calibrated:  # timed right before the pass it scales, so both see the same machine load
+        row["float_pass_s"] = time_float_pass(ctx.session, ctx.feeds)
+    with tempfile.TemporaryDirectory(prefix="statq-calib-") as tmp:
+        dst = Path(tmp) / "model.onnx"
+        start = time.perf_counter()
+        report = quantize_file(
+            ctx.model,
+            dst,
+            QuantConfig(bits=setting.bits),
+            verify=False,
+            calib=ctx.feeds if calibrated else None,
+            calib_samples=None,  # a list of feeds is counted in feeds, not samples: pass them all
+            calib_mode=setting.mode,
+            calib_compensation=setting.compensation,
+        )
+        row["quantize_total_s"] = time.perf_counter() - start
+        row["output_sqnr_db"] = output_sqnr_db(ctx.float_outputs, run_outputs(make_session(dst), ctx.feeds))
+        row.update(evaluate_row(ctx.name, dst, ctx.limit))
+    timings, cal = report.timings, report.calibration
+    row.update(
+        delta_points=100.0 * (row["value"] - ctx.ref["value"]),
+        secondary_delta_points={
+            k: 100.0 * (v - ctx.ref["secondary"][k]) for k, v in row["secondary"].items() if k in ctx.ref["secondary"]
+        },
+        quantize_s=timings.get("quantize_s"),
+        calib_run_s=timings.get("calib_run_s"),
+        calib_fit_s=timings.get("calib_fit_s"),
+        report_output_sqnr_db=cal.get("model_output_sqnr_db"),
+        calib_samples=cal.get("samples"),
+        calib_sessions=cal.get("sessions"),
+        layers_calibrated=cal.get("layers_calibrated"),
+        file_bytes=report.totals.get("file_bytes_after"),
+        layers=dict(sorted(Counter(str(r.representation) for r in report.layers).items())),
+        **_layer_summary(report),
+    )
+    if calibrated and row["calib_run_s"] is not None and row["float_pass_s"]:
+        row["run_x_float"] = row["calib_run_s"] / row["float_pass_s"]
+        row["calib_x_float"] = (row["calib_run_s"] + (row["calib_fit_s"] or 0.0)) / row["float_pass_s"]
+    return row
+
+
+def _row_head(task: str, setting: Setting) -> dict[str, Any]:
+    """The identifying fields every row starts with, errors included."""
+    return {
+        "task": task,
+        "setting": setting.label,
+        "bits": setting.bits,
+        "mode": setting.mode,
+        "compensation": setting.compensation if setting.mode != "none" else None,
+    }
+
+
+def error_row(task: str, setting: Setting | None, exc: BaseException) -> dict[str, Any]:
+    """A failed setting is recorded and reported, not allowed to stop the other rows."""
+    head = _row_head(task, setting) if setting else {"task": task, "setting": "float", "bits": None, "mode": None}
+    return {**head, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinite SQNRs (exact outputs) as strings, since JSON has no infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def _find(rows: list[dict[str, Any]], task: str, bits: int, mode: str, comp: float | None = None) -> dict | None:
+    """The row of one task/bits/mode (default compensation unless given); None when it was not run."""
+    want = None if mode == "none" else (DEFAULT_COMPENSATION if comp is None else comp)
+    for r in rows:
+        if r["task"] == task and r.get("bits") == bits and r.get("mode") == mode and r.get("compensation") == want:
+            return r
+    return None
+
+
+def summary(rows: list[dict[str, Any]], bits: list[int]) -> list[dict[str, Any]]:
+    """PASS/FAIL per task of the ordering (3 and 2 bits), the loss limits (4 and 3 bits) and the cost target."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        ref = next((r for r in rows if r["task"] == task and r["setting"] == "float"), None)
+        if ref is None or "error" in ref:
+            continue
+        for b in bits:
+            free, ind, seq = (_find(rows, task, b, m) for m in MODES)
+            if b in (3, 2):
+                out.append(_ordering_check(task, b, free, ind, seq))
+            limit = {4: MAX_LOSS_4BIT, 3: MAX_LOSS_3BIT}.get(b)
+            if limit is not None:
+                out.append(_loss_check(task, b, seq, limit))
+        calibrated = [r for r in rows if r["task"] == task and r.get("mode") in MODES[1:] and "run_x_float" in r]
+        if calibrated:
+            worst = max(calibrated, key=lambda r: r["run_x_float"])
+            out.append(
+                {
+                    "task": task,
+                    "check": f"calib_run_s <= {MAX_RUN_X_FLOAT:g}x one float pass (worst row)",
+                    "detail": f"{worst['run_x_float']:.1f}x at {worst['setting']}",
+                    "status": "PASS" if worst["run_x_float"] <= MAX_RUN_X_FLOAT else "FAIL",
+                }
+            )
+    return out
+
+
+def _ordering_check(task: str, bits: int, free: dict | None, ind: dict | None, seq: dict | None) -> dict[str, Any]:
+    """sequential >= independent >= data-free on the main metric (ties pass)."""
+    check = f"{bits} bits: sequential >= independent >= data-free"
+    missing = [n for n, r in (("data-free", free), ("independent", ind), ("sequential", seq)) if r is None]
+    failed = [r["setting"] for r in (free, ind, seq) if r is not None and "error" in r]
+    if missing or failed:
+        return {"task": task, "check": check, "detail": f"missing {missing}, errors {failed}", "status": "FAIL"}
+    assert free is not None and ind is not None and seq is not None
+    ok = seq["value"] >= ind["value"] >= free["value"]
+    detail = f"{seq['value']:.4f} / {ind['value']:.4f} / {free['value']:.4f}"
+    return {"task": task, "check": check, "detail": detail, "status": "PASS" if ok else "FAIL"}
+
+
+def _loss_check(task: str, bits: int, seq: dict | None, limit: float) -> dict[str, Any]:
+    """Loss of the default calibrated setting (sequential, compensation 0.5) against the float model."""
+    check = f"{bits} bits: calibrated (sequential) within {limit:g} point{'s' if limit != 1 else ''} of float"
+    if seq is None or "error" in seq:
+        return {"task": task, "check": check, "detail": "missing or failed", "status": "FAIL"}
+    loss = -seq["delta_points"] + 0.0
+    return {
+        "task": task,
+        "check": check,
+        "detail": f"loss {loss:.2f} points",
+        "status": "PASS" if loss <= limit else "FAIL",
+    }
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def _f(value: Any, fmt: str, empty: str = "-") -> str:
+    """Format a number, or a placeholder when it is missing (data-free rows have no calibration timings)."""
+    if value is None:
+        return empty
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, fmt)
+
+
+def _fmt_secondary(row: dict[str, Any]) -> str:
+    """Secondary metrics with their change, e.g. 'mrr 0.5210 (-0.59)'."""
+    deltas = row.get("secondary_delta_points", {})
+    parts = []
+    for key, value in row.get("secondary", {}).items():
+        delta = f" ({deltas[key]:+.2f})" if key in deltas and row["setting"] != "float" else ""
+        parts.append(f"{key} {value:.4f}{delta}")
+    return "; ".join(parts) or "-"
+
+
+def _fmt_notes(row: dict[str, Any]) -> str:
+    """'refitted 30, bias only 2, data-free 1': what calibration did to each weight."""
+    notes = row.get("layer_notes") or {}
+    return ", ".join(f"{k} {v}" for k, v in notes.items()) if row.get("mode") not in (None, "none") else "-"
+
+
+HEADERS = [
+    "setting",
+    "metric",
+    "Δ points",
+    "out SQNR dB",
+    "pass SQNR dB",
+    "quant s",
+    "calib run s (sessions)",
+    "calib fit s",
+    "1 float pass ms",
+    "run × pass",
+    "layers (calibration)",
+    "secondary (Δ points)",
+]
+WIDTHS = [16, 8, 9, 11, 12, 8, 22, 11, 15, 10, 30]
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """One table line for the console and the markdown; an error row says why it failed."""
+    if "error" in row:
+        return [row["setting"], "ERROR", *[""] * (len(HEADERS) - 3), row["error"][:160]]
+    return [
+        row["setting"],
+        f"{row['value']:.4f}",
+        f"{row['delta_points']:+.2f}",
+        _f(row.get("output_sqnr_db"), ".2f"),
+        _f(row.get("report_output_sqnr_db"), ".2f"),
+        _f(row.get("quantize_s"), ".2f"),
+        _f(row.get("calib_run_s"), ".2f") + (f" ({row['calib_sessions']})" if row.get("calib_sessions") else ""),
+        _f(row.get("calib_fit_s"), ".2f"),
+        _f(None if row.get("float_pass_s") is None else 1000.0 * row["float_pass_s"], ".1f"),
+        _f(row.get("run_x_float"), ".1f") + ("×" if row.get("run_x_float") is not None else ""),
+        _fmt_notes(row),
+        _fmt_secondary(row),
+    ]
+
+
+def print_header(task: str, ctx: TaskContext | None) -> None:
+    """Task banner and column names, flushed so a background run can be followed in its log."""
+    extra = "" if ctx is None else f" ({len(ctx.feeds)} feeds, {ctx.ref['calib_samples']} calibration samples)"
+    print(f"\n== {task}{extra}", flush=True)
+    print("  ".join(h.ljust(w) for h, w in zip(HEADERS, [*WIDTHS, 0], strict=False)), flush=True)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    """Console line with fixed-ish widths."""
+    cells = table_cells(row)
+    print("  ".join(c.ljust(w) for c, w in zip(cells, WIDTHS, strict=False)) + "  " + cells[-1], flush=True)
+
+
+def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> str:
+    """The results page: machine, summary of the checks, then one table per task, then what the columns mean."""
+    lines = [
+        f"Measured on {machine['cpu']} ({machine['cores']} cores), {machine['platform']}, Python {machine['python']}, "
+        f"onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}, numpy {machine['numpy']}, "
+        f"onnx-statq {machine['onnx_statq']} (commit {machine['commit'] or '?'}"
+        f"{', modified' if machine['dirty'] else ''}), {machine['date']}.",
+    ]
+    if args.limit is not None:
+        lines.append(f"\n**Quick run: only the first {args.limit} evaluation samples per task; indicative only.**")
+    lines += ["", "### Summary", "", "| task | check | detail | result |", "|---|---|---|---|"]
+    lines += [f"| {c['task']} | {c['check']} | {c['detail']} | **{c['status']}** |" for c in summary(rows, args.bits)]
+    lines += [
+        "",
+        "Ordering detail is sequential / independent / data-free on the main metric; ties pass. Loss checks use the "
+        f"default calibrated setting (sequential, compensation {DEFAULT_COMPENSATION:g}).",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        task_rows = [r for r in rows if r["task"] == task]
+        ref = task_rows[0]
+        samples = ref.get("calib_samples", "?")
+        lines += [
+            "",
+            f"### {task} ({ref.get('metric', '?')}, n={ref.get('n', '?')}; calibration: {samples} samples in "
+            f"{ref.get('calib_feeds', '?')} feeds)",
+            "",
+            "| " + " | ".join(HEADERS) + " |",
+            "|" + "---|" * len(HEADERS),
+        ]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in table_cells(r)) + " |" for r in task_rows]
+        if "float_session_s" in ref:
+            lines.append(
+                f"\nFloat session creation {ref['float_session_s']:.2f} s (not part of the float pass); "
+                f"building the calibration feeds {ref['calib_build_s']:.2f} s."
+            )
+    lines += [
+        "",
+        "Settings: data-free = `calib_mode='none'`; indep = independent (each layer refitted on float inputs); seq = "
+        "sequential (each layer refitted on the inputs the already-quantized layers produce); `c=` is the "
+        f"compensation of the refit target (default {DEFAULT_COMPENSATION:g}; 0 = the GPTQ target, the float weights "
+        "applied to the quantized inputs the layer sees; 1 = the float layer's output on float inputs, which also "
+        "compensates upstream error). All other options are defaults (sigma, auto granularity).",
+        "",
+        "Δ points: change of the task metric ×100 against the float model (negative = worse). out SQNR: model-output "
+        "SQNR of the quantized file against the float model over the calibration feeds, measured by this script "
+        "(in-sample for calibrated rows). pass SQNR: the same quantity as the pass reports it "
+        "(`report.calibration['model_output_sqnr_db']`, only with calibration). quant s: the quantization pass "
+        "including calibration; calib run s: onnxruntime work of calibration, building and running the segment "
+        "sessions of both streams (their count in brackets); calib fit s: the least-squares solves. 1 float pass ms: "
+        "one warm float forward pass over all calibration "
+        "feeds (onnxruntime CPU, full graph optimisation, median of "
+        f"{FLOAT_PASS_REPEATS}, taken right before that row); run × pass = calib run s / 1 float pass "
+        f"(target <= {MAX_RUN_X_FLOAT:g}×). layers: what calibration did to each quantized weight.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
+    """Rewrite JSON and markdown atomically, so a reader or a crash never sees half a file."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": machine,
+        "limit": args.limit,
+        "options": {k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick")},
+        "summary": summary(rows, args.bits),
+        "rows": rows,
+    }
+    texts = ((".json", json.dumps(_json_safe(payload), indent=2) + "\n"), (".md", markdown(rows, machine, args)))
+    for suffix, text in texts:
+        path = RESULTS_DIR / (args.out + suffix)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], machine: dict[str, Any]) -> None:
+    """Float reference, then every setting; rows appended to ``sink`` and saved after each one."""
+    limit = None if task == "digits" else args.limit  # digits ignores limit anyway; say so in the JSON
+    try:
+        ctx, ref = prepare_task(task, samples_for(task, args.samples), limit)
+    except Exception as exc:  # a missing model or dataset must not hide the other tasks' numbers
+        print_header(task, None)
+        sink.append(error_row(task, None, exc))
+        print_row(sink[-1])
+        write_results(sink, machine, args)
+        return
+    print_header(task, ctx)
+    sink.append(ref)
+    print_row(ref)
+    write_results(sink, machine, args)
+    for setting in settings(args.bits):
+        try:
+            row = quantized_row(ctx, setting)
+        except Exception as exc:  # one failing setting is a result, not a crash
+            row = error_row(task, setting, exc)
+        sink.append(row)
+        print_row(row)
+        write_results(sink, machine, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit code 1 if any row failed."""
+    args = parse_args(argv)
+    machine = machine_info()
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, onnxruntime {machine['onnxruntime']}; tasks {args.tasks}, "
+        f"bits {args.bits}, limit={args.limit}",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    for task in args.tasks:
+        run_task(task, args, rows, machine)
+    print("", flush=True)
+    for check in summary(rows, args.bits):
+        print(f"{check['task']}: {check['check']}: {check['detail']} -> {check['status']}", flush=True)
+    print(f"wrote {RESULTS_DIR / (args.out + '.json')} and .md", flush=True)
+    return int(any("error" in r for r in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
