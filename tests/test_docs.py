@@ -1,0 +1,34 @@
+"""The commands shown in docs/*.md run as written, so the docs cannot go stale."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+DOC_COMMANDS = [
+    (doc.name, line.strip())
+    for doc in sorted((REPO / "docs").glob("*.md"))
+    for block in re.findall(r"```bash\n(.+?)\n```", doc.read_text(), re.S)
+    for line in block.splitlines()
+    if line.strip().startswith("onnx-statq models/")
+]
+
+
+def test_docs_have_runnable_commands():
+    assert DOC_COMMANDS, "docs should show at least one command on the bundled model"
+
+
+@pytest.mark.parametrize("doc, command", DOC_COMMANDS)
+def test_doc_command_runs(tmp_path: Path, doc: str, command: str):
+    (tmp_path / "models").symlink_to(REPO / "models")
+    argv = [sys.executable, "-m", "onnx_statq.cli", *shlex.split(command)[1:]]
+    res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 0, f"{doc}: {command}\n{res.stderr}"
