@@ -262,3 +262,9 @@ def test_conv_transpose_and_gemm_without_transpose(make_model, rng):
     wt_q, fc_q = run(q, {"x": xv}, ["wt", "fc"])
     assert np.array_equal(wt_q, encode_tensor(wt, 1, 5, granularity="channel").decoded())
     assert np.array_equal(fc_q, encode_tensor(fc, 1, 5, granularity="channel").decoded())
+
+
+def test_running_on_own_output_leaves_encoded_weights_alone(conv_model):
+    q = quantize(conv_model(), min_size=100)
+    with pytest.raises(NoWeightsError, match="already quantized by onnx-statq"):
+        quantize(q, min_size=100)

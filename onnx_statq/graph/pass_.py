@@ -109,6 +109,9 @@ class StatqPass:
         names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
         todo = [w for w in weights if self._admit(w, graph, report)]
         if not todo:
+            already = any(n.name.startswith("statq") and n.op in ("Gather", "GatherElements") for n in graph.nodes)
+            if already:
+                raise NoWeightsError("the model is already quantized by onnx-statq; its encoded weights are left alone")
             raise NoWeightsError(self._nothing_message(report))
         positions = {id(n): i for i, n in enumerate(graph.nodes)}
         encoded = {}
