@@ -11,9 +11,10 @@ this script measures both on the task models of ``benchmarks.tasks``:
 - the calibration feeds come from ``task.calibration_feeds(n)`` (data disjoint from the evaluation);
 - each row records the task metric and its change in points, the model-output SQNR on the calibration
   feeds (measured here for every row, including data-free, and as the pass reports it), the pass time
-  split into ``calib_run_s`` (onnxruntime streams) and ``calib_fit_s`` (the solves), and the time of one
-  float forward pass over the same feeds measured in this process just before the row, so calibration
-  cost reads as a multiple of one float pass (timings are noisy on a shared machine; ratios are not).
+  split into ``calib_run_s`` (onnxruntime streams) and ``calib_fit_s`` (patch Gram matrices and the
+  solves), and the time of one float forward pass over the same feeds measured in this process right
+  before and after the row, so calibration cost reads as a multiple of one float pass (timings are
+  noisy on a shared machine; ratios within one run much less so).
 
 Outputs, rewritten atomically after every row so an interrupted run keeps what it measured:
 ``benchmarks/results/calibration.json`` and ``calibration.md`` (``calibration_quick.*`` with ``--quick``).
@@ -61,7 +62,7 @@ MODES = ("none", "independent", "sequential")
 MODE_SHORT = {"none": "data-free", "independent": "indep", "sequential": "seq"}
 COMPENSATION_BITS = 3
 EXTRA_COMPENSATIONS = (0.0, 1.0)
-FLOAT_PASS_REPEATS = 3  # median of three passes: one pass of a small model is a few ms, easily disturbed
+FLOAT_PASS_REPEATS = 3  # per measurement; a calibrated row is bracketed by two measurements (before and after)
 QUICK_SKIP = ("minilm",)  # its 600-pair evaluation dominates a quick run; name it in --tasks to keep it
 
 # Targets from the calibration brief.
@@ -130,15 +131,15 @@ def run_outputs(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) 
     return [dict(zip(names, sess.run(None, feed), strict=True)) for feed in feeds]
 
 
-def time_float_pass(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> float:
-    """Seconds of one float forward pass over all feeds (median of a few, taken right before the row it scales)."""
+def time_float_passes(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> list[float]:
+    """Seconds of each of a few float forward passes over all feeds; callers take the median."""
     times = []
     for _ in range(FLOAT_PASS_REPEATS):
         start = time.perf_counter()
         for feed in feeds:
             sess.run(None, feed)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def output_sqnr_db(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
@@ -188,7 +189,7 @@ def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContex
         calib_feeds=len(feeds),
         calib_build_s=feeds_s,
         float_session_s=session_s,
-        float_pass_s=time_float_pass(sess, feeds),
+        float_pass_s=statistics.median(time_float_passes(sess, feeds)),
         file_bytes=model.stat().st_size,
     )
     return TaskContext(task, model, feeds, sess, float_outputs, row, limit), row
@@ -196,7 +197,7 @@ def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContex
 
 def _layer_summary(report: Report) -> dict[str, Any]:
     """How many weights each calibration outcome took, and the median per-layer output-SQNR gain."""
-    notes = Counter((r.calibration or "not planned").split(":")[0] for r in report.layers)
+    notes = Counter(r.calibration or "not planned" for r in report.layers)
     gains = [
         r.output_sqnr_calibrated_db - r.output_sqnr_datafree_db
         for r in report.layers
@@ -216,8 +217,9 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
     """Quantize with one setting into a temporary folder, evaluate, and compare with the float row."""
     row = _row_head(ctx.name, setting)
     calibrated = setting.mode != "none"
-    if calibrated:  # timed right before the pass it scales, so both see the same machine load
-        row["float_pass_s"] = time_float_pass(ctx.session, ctx.feeds)
+    # The float pass is timed right before and right after the quantization it scales, so that both see the same
+    # machine load (other jobs share the 2 cores; a single pass moved by 3x between rows in a trial run).
+    before = time_float_passes(ctx.session, ctx.feeds) if calibrated else []
     with tempfile.TemporaryDirectory(prefix="statq-calib-") as tmp:
         dst = Path(tmp) / "model.onnx"
         start = time.perf_counter()
@@ -232,6 +234,9 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
             calib_compensation=setting.compensation,
         )
         row["quantize_total_s"] = time.perf_counter() - start
+        if calibrated:
+            passes = before + time_float_passes(ctx.session, ctx.feeds)
+            row.update(float_pass_s=statistics.median(passes), float_pass_samples_s=passes)
         row["output_sqnr_db"] = output_sqnr_db(ctx.float_outputs, run_outputs(make_session(dst), ctx.feeds))
         row.update(evaluate_row(ctx.name, dst, ctx.limit))
     timings, cal = report.timings, report.calibration
@@ -376,8 +381,12 @@ def _fmt_secondary(row: dict[str, Any]) -> str:
 
 def _fmt_notes(row: dict[str, Any]) -> str:
     """'refitted 30, bias only 2, data-free 1': what calibration did to each weight."""
-    notes = row.get("layer_notes") or {}
-    return ", ".join(f"{k} {v}" for k, v in notes.items()) if row.get("mode") not in (None, "none") else "-"
+    if row.get("mode") in (None, "none"):
+        return "-"
+    short: Counter[str] = Counter()
+    for note, count in (row.get("layer_notes") or {}).items():
+        short[note.split(":")[0]] += count  # 'data-free: <why>' -> 'data-free'; the reasons stay in the JSON
+    return ", ".join(f"{k} {v}" for k, v in sorted(short.items()))
 
 
 HEADERS = [
@@ -478,11 +487,12 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "(in-sample for calibrated rows). pass SQNR: the same quantity as the pass reports it "
         "(`report.calibration['model_output_sqnr_db']`, only with calibration). quant s: the quantization pass "
         "including calibration; calib run s: onnxruntime work of calibration, building and running the segment "
-        "sessions of both streams (their count in brackets); calib fit s: the least-squares solves. 1 float pass ms: "
-        "one warm float forward pass over all calibration "
-        "feeds (onnxruntime CPU, full graph optimisation, median of "
-        f"{FLOAT_PASS_REPEATS}, taken right before that row); run × pass = calib run s / 1 float pass "
-        f"(target <= {MAX_RUN_X_FLOAT:g}×). layers: what calibration did to each quantized weight.",
+        "sessions of both streams (their count in brackets); calib fit s: the rest of calibration, numpy work: "
+        "im2col patches and Gram matrices of every layer input, then the least-squares solves. 1 float pass ms: "
+        "one warm float forward pass over all calibration feeds (onnxruntime CPU, full graph optimisation as in the "
+        f"evaluation; median of {FLOAT_PASS_REPEATS} passes right before and {FLOAT_PASS_REPEATS} right after that "
+        f"row's quantization); run × pass = calib run s / 1 float pass (target <= {MAX_RUN_X_FLOAT:g}×). layers: "
+        "what calibration did to each quantized weight (the reasons for data-free ones are in the JSON).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -116,9 +116,12 @@ def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:
 
 
 def zipped_size(paths: list[Path]) -> int:
-    """Bytes after deflate, as an app store download or an APK would carry the file."""
+    """Bytes after deflate at zip's default level, as a download or an APK would carry the file.
+
+    Level 9 measured 3x slower than level 6 on MiniLM for a size within 0.3%, and it dominated the run time.
+    """
     with tempfile.TemporaryFile() as fh:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
             for p in paths:
                 z.write(p, arcname=p.name)
         fh.seek(0, os.SEEK_END)

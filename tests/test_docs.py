@@ -29,6 +29,7 @@ def test_docs_have_runnable_commands():
 def test_doc_command_runs(tmp_path: Path, doc: str, command: str):
     (tmp_path / "models").symlink_to(REPO / "models")
     argv = [sys.executable, "-m", "onnx_statq.cli", *shlex.split(command)[1:]]
-    res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    res = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert res.returncode == 0, f"{doc}: {command}\n{res.stderr}"

@@ -76,10 +76,11 @@ def channel_rel_error(w: np.ndarray, approx: np.ndarray, axis: int | None) -> fl
     BatchNormalization or per-channel Mul: small channels count as much as large ones, which is what the next layer
     sees once the scale is applied.
     """
-    a = to_groups(w.astype(np.float64), axis if axis is not None and w.ndim > 1 else None)
-    b = to_groups(approx.astype(np.float64), axis if axis is not None and w.ndim > 1 else None)
-    power = np.mean(a * a, axis=1)
-    err = np.mean((a - b) ** 2, axis=1)
+    ax = axis if axis is not None and w.ndim > 1 else None
+    a = to_groups(np.asarray(w, np.float32), ax)
+    d = a - to_groups(np.asarray(approx, np.float32), ax)
+    power = np.einsum("ij,ij->i", a, a, dtype=np.float64) / a.shape[1]
+    err = np.einsum("ij,ij->i", d, d, dtype=np.float64) / a.shape[1]
     # dead channels (power ~1e-70 next to ~1e-2) carry no signal; counting them would make the mean meaningless
     ok = power > 1e-12 * float(power.max(initial=0.0))
     if not ok.any():
