@@ -9,10 +9,10 @@ from conftest import run, sqnr
 ir = pytest.importorskip("onnx_ir")
 pytest.importorskip("onnx_ir.passes.common")
 
-import onnx_ir.passes.common  # noqa: E402
+import onnx_ir.passes.common  # noqa: E402, F401  (registers ir.passes.common)
+from onnx_statq_passes.onnx_ir_pass import StatqIRPass  # noqa: E402
 
 from onnx_statq import QuantConfig  # noqa: E402
-from onnx_statq_passes.onnx_ir_pass import StatqIRPass  # noqa: E402
 
 
 def test_onnx_ir_pass_manager_with_builtin_passes(conv_model, rng):
