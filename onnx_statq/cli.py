@@ -152,6 +152,18 @@ def main() -> None:
     help="A .toml or .json config (per-node and per-op-type settings); flags override it.",
 )
 @click.option(
+    "--allocation",
+    type=click.Choice(["auto", "fixed"]),
+    default=None,
+    help="auto (default): bits per layer for an average of --bits (or --avg-bits); fixed: --bits everywhere.",
+)
+@click.option(
+    "--avg-bits",
+    type=click.FloatRange(2.0, 8.0),
+    default=None,
+    help="Average bits per weight for --allocation auto (default: --bits); per-node/op-type bits stay fixed.",
+)
+@click.option(
     "--calib",
     type=click.Path(path_type=Path),
     default=None,
@@ -195,7 +207,7 @@ def quantize(**opts: Any) -> None:
 
 def _config(opts: dict[str, Any]) -> QuantConfig:
     config = QuantConfig.from_file(opts["config_file"]) if opts["config_file"] else QuantConfig()
-    keys = ("bits", "method", "granularity", "min_size")
+    keys = ("bits", "method", "granularity", "min_size", "avg_bits", "allocation")
     overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
     if opts["exclude"]:
         overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])

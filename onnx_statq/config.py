@@ -6,6 +6,7 @@ bits without restating everything else.
 
 from __future__ import annotations
 
+import enum
 import json
 import tomllib
 from collections.abc import Mapping
@@ -17,7 +18,15 @@ from typing import Any
 from .codebook import MAX_BITS, Granularity, Method
 from .errors import ConfigError
 
-__all__ = ["Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved"]
+__all__ = ["Allocation", "Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved"]
+
+
+class Allocation(enum.StrEnum):
+    """AUTO spends the average budget (``avg_bits``, else ``bits``) where the predicted error falls most."""
+
+    AUTO = "auto"
+    FIXED = "fixed"
+
 
 DEFAULT_MIN_SIZE = 1024
 
@@ -58,6 +67,8 @@ class QuantConfig:
     min_size: int = DEFAULT_MIN_SIZE
     exclude: tuple[str, ...] = ()
     channel_tolerance: float = 2.0
+    allocation: Allocation = Allocation.AUTO
+    avg_bits: float | None = None  # the budget for AUTO allocation; None: ``bits``
     nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
     op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
 
@@ -65,10 +76,17 @@ class QuantConfig:
         _check_bits(self.bits)
         object.__setattr__(self, "method", _enum(Method, self.method, "method"))
         object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
+        object.__setattr__(self, "allocation", _enum(Allocation, self.allocation, "allocation"))
         if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 1:
             raise ConfigError(f"min_size must be a positive integer, got {self.min_size!r}")
         if not isinstance(self.channel_tolerance, (int, float)) or not self.channel_tolerance >= 1.0:
             raise ConfigError(f"channel_tolerance must be a number >= 1, got {self.channel_tolerance!r}")
+        if self.avg_bits is not None and (
+            isinstance(self.avg_bits, bool)
+            or not isinstance(self.avg_bits, (int, float))
+            or not 2 <= self.avg_bits <= 8
+        ):
+            raise ConfigError(f"avg_bits must be a number from 2 to 8, got {self.avg_bits!r}")
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
             raise ConfigError("exclude must be a list of node names or op types")
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -87,6 +105,13 @@ class QuantConfig:
             skip=skip,
         )
 
+    @property
+    def budget(self) -> float | None:
+        """Average bits per weight to allocate, or None for the same bits everywhere."""
+        if self.allocation == Allocation.FIXED:
+            return None
+        return float(self.avg_bits if self.avg_bits is not None else self.bits)
+
     def with_options(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)
 
@@ -95,7 +120,7 @@ class QuantConfig:
         out["exclude"] = list(self.exclude)
         out["nodes"] = {k: _layer_dict(v) for k, v in self.nodes.items()}
         out["op_types"] = {k: _layer_dict(v) for k, v in self.op_types.items()}
-        return {k: (str(v) if isinstance(v, (Method, Granularity)) else v) for k, v in out.items()}
+        return {k: (str(v) if isinstance(v, (Method, Granularity, Allocation)) else v) for k, v in out.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantConfig:

@@ -54,7 +54,7 @@ def test_input_model_is_not_modified(conv_model):
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "auto"])
 def test_decoded_weights_are_bit_exact_in_onnxruntime(conv_model, rng, bits, granularity):
     m = conv_model()
-    q = quantize(m, bits=bits, granularity=granularity, min_size=100)
+    q = quantize(m, bits=bits, granularity=granularity, min_size=100, allocation="fixed")
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     names = ["w1", "w2", "fc", "head"]
     got = run(q, {"x": x}, names)
@@ -72,7 +72,7 @@ def test_k_distinct_values_round_trip_through_the_graph(conv_model, rng):
     for t in m.graph.initializer:
         if t.name in ("w2", "fc"):
             t.CopyFrom(numpy_helper.from_array(rng.choice(values, size=tuple(t.dims)).astype(np.float32), t.name))
-    q = quantize(m, bits=4)
+    q = quantize(m, bits=4, allocation="fixed")
     x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
     w2, fc = run(q, {"x": x}, ["w2", "fc"])
     assert np.array_equal(w2, inits(m)["w2"]) and np.array_equal(fc, inits(m)["fc"])
@@ -91,8 +91,8 @@ def test_auto_beats_per_tensor_on_folded_convs(conv_model, rng):
     m = conv_model()
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     ref = run(m, {"x": x})[0]
-    auto = sqnr(ref, run(quantize(m, bits=3), {"x": x})[0])
-    tensor = sqnr(ref, run(quantize(m, bits=3, granularity="tensor"), {"x": x})[0])
+    auto = sqnr(ref, run(quantize(m, bits=3, allocation="fixed"), {"x": x})[0])
+    tensor = sqnr(ref, run(quantize(m, bits=3, granularity="tensor", allocation="fixed"), {"x": x})[0])
     assert auto > tensor + 3.0
 
 
@@ -132,6 +132,7 @@ def test_per_node_settings_override_op_type_and_global(conv_model):
             "bits": 3,
             "min_size": 100,
             "granularity": "tensor",
+            "allocation": "fixed",
             "op_types": {"Conv": {"bits": 5}},
             "nodes": {"conv2": {"bits": 8}},
         }
@@ -257,7 +258,7 @@ def test_conv_transpose_and_gemm_without_transpose(make_model, rng):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
     m = make_model(nodes, [x], [y], {"wt": wt, "fc": fc, "shape": shape})
-    q = quantize(m, bits=5, granularity="channel", min_size=100)
+    q = quantize(m, bits=5, granularity="channel", min_size=100, allocation="fixed")
     xv = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
     wt_q, fc_q = run(q, {"x": xv}, ["wt", "fc"])
     assert np.array_equal(wt_q, encode_tensor(wt, 1, 5, granularity="channel").decoded())
@@ -268,3 +269,15 @@ def test_running_on_own_output_leaves_encoded_weights_alone(conv_model):
     q = quantize(conv_model(), min_size=100)
     with pytest.raises(NoWeightsError, match="already quantized by onnx-statq"):
         quantize(q, min_size=100)
+
+
+def test_auto_allocation_meets_the_budget_and_favours_small_layers(conv_model):
+    m = conv_model()
+    r = StatqPass(QuantConfig(bits=4, min_size=100))(m).report
+    bits = {layer.name: layer.bits for layer in r.layers if layer.representation != "float16"}
+    sizes = {layer.name: int(np.prod(layer.shape)) for layer in r.layers if layer.name in bits}
+    average = sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values())
+    assert average <= 4.0 and r.totals["average_index_bits"] <= 4.0
+    assert bits["head"] >= bits["fc"]  # 640 weights vs 32768: the small layer buys bits cheaply
+    fixed = StatqPass(QuantConfig(bits=4, min_size=100, allocation="fixed"))(m).report
+    assert {layer.bits for layer in fixed.layers if layer.representation != "float16"} == {4}

@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..codebook import EncodedTensor, encode_tensor
+from ..codebook.allocate import allocate_bits
 from ..config import QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
 from ..plan import LayerOutcome, LayerPlan, Refiner
@@ -109,7 +110,9 @@ class StatqPass:
         names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
         todo = [w for w in weights if self._admit(w, graph, report)]
         if not todo:
-            already = any(n.name.startswith("statq") and n.op in ("Gather", "GatherElements") for n in graph.nodes)
+            already = any(s.reason.startswith("already encoded by onnx-statq") for s in report.skipped) or any(
+                n.name.startswith("statq") and n.op in ("Gather", "GatherElements") for n in graph.nodes
+            )
             if already:
                 raise NoWeightsError("the model is already quantized by onnx-statq; its encoded weights are left alone")
             raise NoWeightsError(self._nothing_message(report))
@@ -121,6 +124,8 @@ class StatqPass:
             encoded[id(w)] = self._encode(w)
         if self.progress:
             self.progress(len(todo), len(todo), "")
+        if self.config.budget is not None:
+            self._allocate(todo, encoded, report)
         outcomes = self._refine(model, graph, todo, encoded, positions, report)
         for w in todo:
             outcome = outcomes.get(w.tensor.name)
@@ -168,6 +173,8 @@ class StatqPass:
 
     def _skip_reason(self, w: _Weight, graph: gs.Graph) -> str | None:
         values = w.values
+        if w.tensor.name.startswith("statq") and all(u.node.name.startswith("statq") for u in w.uses):
+            return "already encoded by onnx-statq (a codebook of an earlier run)"
         if any(u.settings.skip for u in w.uses):
             return "excluded by --exclude or config"
         if values.dtype not in _FLOATS:
@@ -185,10 +192,31 @@ class StatqPass:
         axes = {u.axis for u in w.uses}
         return settings, (axes.pop() if len(axes) == 1 else None)
 
-    def _encode(self, w: _Weight) -> EncodedTensor:
+    def _encode(self, w: _Weight, bits: int | None = None) -> EncodedTensor:
         settings, axis = self._settings(w)
         return encode_tensor(
-            w.values, axis, settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
+            w.values, axis, bits or settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
+        )
+
+    def _allocate(self, todo: list[_Weight], encoded: dict[int, EncodedTensor], report: Report) -> None:
+        """Re-encode codebook weights with per-layer bits for the average budget (explicit per-node/op bits stay)."""
+        free = [w for w in todo if encoded[id(w)].codebook is not None and not self._fixed_bits(w)]
+        sizes = [int(w.values.size) for w in free]
+        errors = [max(encoded[id(w)].rel_error, 1e-12) for w in free]
+        assert self.config.budget is not None
+        chosen = allocate_bits(sizes, errors, self.config.bits, self.config.budget)
+        for w, b in zip(free, chosen, strict=True):
+            if b != self.config.bits:
+                encoded[id(w)] = self._encode(w, bits=b)
+        report.totals["average_index_bits"] = (
+            float(np.dot(sizes, chosen) / max(sum(sizes), 1)) if sizes else float(self.config.bits)
+        )
+
+    def _fixed_bits(self, w: _Weight) -> bool:
+        return any(
+            s is not None and s.bits is not None
+            for u in w.uses
+            for s in (self.config.nodes.get(u.node.name or ""), self.config.op_types.get(u.node.op))
         )
 
     def _refine(
@@ -235,7 +263,6 @@ class StatqPass:
         self, w: _Weight, enc: EncodedTensor, opset: int, names: set[str], report: Report, outcome: LayerOutcome | None
     ) -> None:
         values = w.values
-        settings, _ = self._settings(w)
         if enc.representation == "float16" and values.dtype == np.float16:
             report.skipped.append(SkipRecord(w.tensor.name, "already float16; a codebook would not pay", values.size))
             return
@@ -263,7 +290,7 @@ class StatqPass:
                 op=w.uses[0].node.op,
                 shape=tuple(int(s) for s in values.shape),
                 representation=str(enc.representation),
-                bits=settings.bits if enc.codebook else 16,
+                bits=enc.codebook.bits if enc.codebook else 16,
                 k=enc.codebook.k if enc.codebook else 0,
                 rel_error=enc.rel_error,
                 bytes_before=int(values.nbytes),
