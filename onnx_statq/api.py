@@ -101,6 +101,7 @@ def quantize_file(
     inputs = [src_p] + [src_p.parent / n for n in data_files]
     before, after = report.weight_bytes()
     report.totals = {
+        **report.totals,
         "file_bytes_before": sum(p.stat().st_size for p in inputs),
         "file_bytes_after": sum(p.stat().st_size for p in written),
         "zipped_bytes_before": zipped_size(inputs),

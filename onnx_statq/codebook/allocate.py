@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import heapq
 
-import numpy as np
-
 __all__ = ["allocate_bits", "predicted_error"]
 
 GAIN_PER_BIT = 4.0
@@ -23,26 +21,48 @@ def predicted_error(err_ref: float, ref_bits: int, bits: int) -> float:
 
 
 def allocate_bits(
-    sizes: list[int], errors: list[float], ref_bits: int, avg_bits: float, lo: int = 2, hi: int = 8
+    sizes: list[int],
+    errors: list[float],
+    ref_bits: int,
+    avg_bits: float,
+    lo: int = 2,
+    hi: int = 8,
+    table_bits: list[int] | None = None,
 ) -> list[int]:
-    """Integer bits per layer with ``sum(size * bits) <= avg_bits * sum(size)``, minimising summed predicted error."""
+    """Integer bits per layer minimising the summed predicted error within the size budget.
+
+    The budget is what ``avg_bits`` everywhere would cost: index bits plus codebook tables, where ``table_bits[i]``
+    is the bits one level of layer ``i`` costs across all its codebooks (groups x 16 or 32), since a per-channel
+    codebook doubles with every bit. So the allocated file is never larger than the fixed-width one.
+    """
     if not sizes:
         return []
-    total = float(np.sum(sizes))
-    budget = avg_bits * total - lo * total
+    tables = table_bits or [0] * len(sizes)
+
+    def cost(i: int, b: int) -> float:
+        return sizes[i] * b + tables[i] * (1 << b)
+
+    budget = sum(sizes[i] * avg_bits + tables[i] * 2.0**avg_bits for i in range(len(sizes)))
+    budget -= sum(cost(i, lo) for i in range(len(sizes)))
     bits = [lo] * len(sizes)
     if budget < 0:
         return bits
-    heap = [(-_gain(e, ref_bits, lo) / n, i) for i, (n, e) in enumerate(zip(sizes, errors, strict=True))]
+
+    def entry(i: int) -> tuple[float, int]:
+        step = cost(i, bits[i] + 1) - cost(i, bits[i])
+        return -_gain(errors[i], ref_bits, bits[i]) / step, i
+
+    heap = [entry(i) for i in range(len(sizes))]
     heapq.heapify(heap)
     while heap:
         _, i = heapq.heappop(heap)
-        if sizes[i] > budget:
-            continue  # this layer's next bit does not fit; smaller layers may still
-        budget -= sizes[i]
+        step = cost(i, bits[i] + 1) - cost(i, bits[i])
+        if step > budget:
+            continue  # this layer's next bit does not fit; cheaper ones may still
+        budget -= step
         bits[i] += 1
         if bits[i] < hi:
-            heapq.heappush(heap, (-_gain(errors[i], ref_bits, bits[i]) / sizes[i], i))
+            heapq.heappush(heap, entry(i))
     return bits
 
 

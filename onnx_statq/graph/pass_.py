@@ -204,7 +204,8 @@ class StatqPass:
         sizes = [int(w.values.size) for w in free]
         errors = [max(encoded[id(w)].rel_error, 1e-12) for w in free]
         assert self.config.budget is not None
-        chosen = allocate_bits(sizes, errors, self.config.bits, self.config.budget)
+        tables = [_table_bits(encoded[id(w)]) for w in free]
+        chosen = allocate_bits(sizes, errors, self.config.bits, self.config.budget, table_bits=tables)
         for w, b in zip(free, chosen, strict=True):
             if b != self.config.bits:
                 encoded[id(w)] = self._encode(w, bits=b)
@@ -324,6 +325,12 @@ class StatqPass:
             return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
         reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
         return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
+
+
+def _table_bits(enc: EncodedTensor) -> int:
+    """Bits one codebook level costs over all groups of this encoding (16 for float16 levels, else 32)."""
+    assert enc.codebook is not None
+    return enc.codebook.groups * (16 if enc.codebook.level_dtype == "float16" else 32)
 
 
 def _outermost(uses: list[_Use]) -> gs.Graph:
