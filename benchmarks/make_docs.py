@@ -86,7 +86,16 @@ def main() -> None:
         parts += codebook_section(cb)
     if (st := _load("size_time.json")) is not None:
         parts += size_time_section(st)
-    parts += verbatim("models.md", "Task metrics, data-free (`python -m benchmarks.bench_models`)")
+    parts += verbatim(
+        "models_default.md",
+        "Task metrics, data-free, default options (`python -m benchmarks.bench_models --methods sigma "
+        "--bits 4,3,2 --out models_default`)",
+    )
+    parts += verbatim(
+        "models.md",
+        "Task metrics, data-free, the same bits in every layer (`--allocation fixed`; measured before allocation "
+        "became the default; `python -m benchmarks.bench_models`)",
+    )
     parts += verbatim("calibration.md", "Task metrics with calibration (`python -m benchmarks.bench_calibration`)")
     OUT.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
