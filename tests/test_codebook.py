@@ -154,3 +154,27 @@ def test_decoded_layout_follows_channel_axis(axis, rng):
     enc = encode_tensor(w, axis, 8, granularity=Granularity.CHANNEL)
     assert enc.decoded().shape == w.shape
     assert np.max(np.abs(enc.decoded() - w)) < 0.05
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    n=st.integers(1, 400),
+    bits=st.integers(1, 8),
+    method=st.sampled_from(list(Method)),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_fit_assign_decode_properties(rows, n, bits, method, dtype, seed):
+    """Any shape, K, method and dtype: sorted levels, nearest assignment, bounded error, exact when few values."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_t(4, size=(rows, n)) * rng.uniform(1e-3, 10)).astype(dtype)
+    cb = fit(x, bits, method)
+    idx = assign(cb, x)
+    out = decode(cb, idx)
+    assert idx.dtype == np.uint8 and int(idx.max()) < (1 << bits)
+    assert np.all(np.diff(cb.levels, axis=1) >= 0)
+    span = x.max(axis=1, keepdims=True).astype(np.float64) - x.min(axis=1, keepdims=True)
+    assert np.all(np.abs(out - x.astype(np.float32)) <= span + 1e-6)
+    if n <= (1 << bits):
+        assert np.array_equal(out, x.astype(np.float32))

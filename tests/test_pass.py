@@ -281,3 +281,24 @@ def test_auto_allocation_meets_the_budget_and_favours_small_layers(conv_model):
     assert bits["head"] >= bits["fc"]  # 640 weights vs 32768: the small layer buys bits cheaply
     fixed = StatqPass(QuantConfig(bits=4, min_size=100, allocation="fixed"))(m).report
     assert {layer.bits for layer in fixed.layers if layer.representation != "float16"} == {4}
+
+
+@pytest.mark.parametrize(
+    "values, expect",
+    [
+        (np.full((64, 64), 0.25, np.float32), "exact"),
+        (np.where(np.eye(64) > 0, np.nan, 1.0).astype(np.float32), "skipped"),
+        (np.where(np.eye(64) > 0, np.inf, 1.0).astype(np.float32), "skipped"),
+        (np.tile(np.array([-1.0, 0.0, 2.0], np.float32), 64 * 64 // 3 + 1)[: 64 * 64].reshape(64, 64), "exact"),
+    ],
+)
+def test_degenerate_weights(make_model, values, expect, rng):
+    m = _matmul_model(make_model, values)
+    report = StatqPass(QuantConfig(bits=4, min_size=100))(m).report if expect == "exact" else None
+    if expect == "skipped":
+        with pytest.raises(NoWeightsError, match="NaN or Inf"):
+            quantize(m, bits=4, min_size=100)
+        return
+    assert report is not None and report.layers[0].rel_error == 0.0
+    q = quantize(m, bits=4, min_size=100)
+    assert np.array_equal(run(q, {"x": np.zeros((1, 64), np.float32)}, ["w"])[0], values)
