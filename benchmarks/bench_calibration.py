@@ -49,7 +49,8 @@ if not __package__:  # Run as a script: import the package from the repo root, n
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, evaluate_row, machine_info
+import onnx_statq.calibrate  # noqa: F401  (the pass imports it lazily; load it now, see main())
+from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evaluate_row, machine_info
 from benchmarks.tasks import TASKS
 from benchmarks.tasks._common import make_session
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
@@ -253,6 +254,9 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
         calib_sessions=cal.get("sessions"),
         layers_calibrated=cal.get("layers_calibrated"),
         file_bytes=report.totals.get("file_bytes_after"),
+        file_ratio=report.totals["file_bytes_before"] / report.totals["file_bytes_after"],
+        allocation=report.config.get("allocation"),
+        layer_bits=dict(sorted(Counter(r.bits for r in report.layers).items())),
         layers=dict(sorted(Counter(str(r.representation) for r in report.layers).items())),
         **_layer_summary(report),
     )
@@ -400,10 +404,12 @@ HEADERS = [
     "calib fit s",
     "1 float pass ms",
     "run × pass",
+    "file ×",
+    "layer bits",
     "layers (calibration)",
     "secondary (Δ points)",
 ]
-WIDTHS = [16, 8, 9, 11, 12, 8, 22, 11, 15, 10, 30]
+WIDTHS = [16, 8, 9, 11, 12, 8, 22, 11, 15, 10, 7, 18, 30]
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
@@ -421,6 +427,8 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _f(row.get("calib_fit_s"), ".2f"),
         _f(None if row.get("float_pass_s") is None else 1000.0 * row["float_pass_s"], ".1f"),
         _f(row.get("run_x_float"), ".1f") + ("×" if row.get("run_x_float") is not None else ""),
+        _f(row.get("file_ratio"), ".2f"),
+        ", ".join(f"{b}b {n}" for b, n in (row.get("layer_bits") or {}).items()) or "-",
         _fmt_notes(row),
         _fmt_secondary(row),
     ]
@@ -447,6 +455,11 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         f"onnx-statq {machine['onnx_statq']} (commit {machine['commit'] or '?'}"
         f"{', modified' if machine['dirty'] else ''}), {machine['date']}.",
     ]
+    if machine.get("commit_at_end") not in (None, machine["commit"]):
+        lines.append(
+            f"\nThe repository moved to commit {machine['commit_at_end']} during the run; the numbers are those of the "
+            f"code loaded at the start ({machine['commit']})."
+        )
     if args.limit is not None:
         lines.append(f"\n**Quick run: only the first {args.limit} evaluation samples per task; indicative only.**")
     lines += ["", "### Summary", "", "| task | check | detail | result |", "|---|---|---|---|"]
@@ -480,7 +493,9 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "sequential (each layer refitted on the inputs the already-quantized layers produce); `c=` is the "
         f"compensation of the refit target (default {DEFAULT_COMPENSATION:g}; 0 = the GPTQ target, the float weights "
         "applied to the quantized inputs the layer sees; 1 = the float layer's output on float inputs, which also "
-        "compensates upstream error). All other options are defaults (sigma, auto granularity).",
+        "compensates upstream error). All other options are defaults (sigma, auto granularity, allocation "
+        f"{_allocation(rows)}: with allocation auto the bit width is an average budget and layers get the widths "
+        "listed under layer bits; the allocation is decided before calibration, so it is the same in every mode).",
         "",
         "Δ points: change of the task metric ×100 against the float model (negative = worse). out SQNR: model-output "
         "SQNR of the quantized file against the float model over the calibration feeds, measured by this script "
@@ -495,6 +510,12 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "what calibration did to each quantized weight (the reasons for data-free ones are in the JSON).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _allocation(rows: list[dict[str, Any]]) -> str:
+    """The allocation mode the quantized rows ran with, as the pass's report states it."""
+    found = sorted({str(r["allocation"]) for r in rows if r.get("allocation")})
+    return "/".join(found) or "?"
 
 
 def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
@@ -543,7 +564,7 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit code 1 if any row failed."""
     args = parse_args(argv)
-    machine = machine_info()
+    machine = machine_info()  # every onnx_statq module the rows use is imported by now, so the commit is theirs
     print(
         f"{machine['cpu']}, {machine['cores']} cores, onnxruntime {machine['onnxruntime']}; tasks {args.tasks}, "
         f"bits {args.bits}, limit={args.limit}",
@@ -552,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for task in args.tasks:
         run_task(task, args, rows, machine)
+    machine["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
+    write_results(rows, machine, args)
     print("", flush=True)
     for check in summary(rows, args.bits):
         print(f"{check['task']}: {check['check']}: {check['detail']} -> {check['status']}", flush=True)
