@@ -9,7 +9,7 @@ calibration batches: memory O(n_in^2), whatever the number of samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,6 @@ class LayerGeometry:
     op: str
     attrs: dict[str, Any]
     weight_shape: tuple[int, ...]
-    out_axis: int  # channel axis of the layer output (1 for Conv, -1 for MatMul/Gemm)
 
     def rows(self, w: np.ndarray) -> np.ndarray:
         if self.op == "Conv":
@@ -40,13 +39,6 @@ class LayerGeometry:
         if self.op == "Gemm" and int(self.attrs.get("transB", 0)):
             return w
         return w.T  # MatMul B [K, N] and Gemm B [K, N]
-
-    def unrows(self, rows: np.ndarray) -> np.ndarray:
-        if self.op == "Conv":
-            return rows.reshape(self.weight_shape)
-        if self.op == "Gemm" and int(self.attrs.get("transB", 0)):
-            return rows
-        return rows.T
 
 
 def supported(op: str, attrs: dict[str, Any], weight_shape: tuple[int, ...], slot: int) -> str | None:
@@ -99,7 +91,6 @@ class GramStats:
     sum_q: np.ndarray | None = None
     sum_f: np.ndarray | None = None
     rows: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, pq: np.ndarray, pf: np.ndarray) -> None:
         if pq.shape[0] > MAX_ROWS:

@@ -42,10 +42,6 @@ def _model_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
-def _out_axis(op: str) -> int:
-    return 1 if op == "Conv" else -1
-
-
 def calibrate(
     model: onnx.ModelProto,
     feeds: list[dict[str, np.ndarray]],
@@ -97,7 +93,7 @@ def _calibrate_one(
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
         return LayerOutcome(plan.encoded, note=f"data-free: {why}")
-    geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape), _out_axis(plan.op))
+    geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
     stats = GramStats()
     xf_all = ex.inputs(plan.input_name, quant=False)
     xq_all = xf_all if mode == CalibrationMode.INDEPENDENT else ex.inputs(plan.input_name, quant=True)
