@@ -54,6 +54,7 @@ from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evalua
 from benchmarks.tasks import TASKS
 from benchmarks.tasks._common import make_session
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
+from onnx_statq.calibrate.session import model_output_sqnr
 from onnx_statq.config import QuantConfig
 from onnx_statq.report import Report
 
@@ -144,17 +145,8 @@ def time_float_passes(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarr
 
 
 def output_sqnr_db(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
-    """Model-output SQNR over all float outputs of all feeds; computed here so data-free rows get one too."""
-    noise = signal = 0.0
-    for a, b in zip(ref, out, strict=True):
-        for key, x in a.items():
-            if key in b and np.issubdtype(np.asarray(x).dtype, np.floating):
-                x64 = np.asarray(x, np.float64)
-                noise += float(np.sum((x64 - np.asarray(b[key], np.float64)) ** 2))
-                signal += float(np.sum(x64**2))
-    if signal == 0:
-        return None
-    return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
+    """Model-output SQNR over all float outputs of all feeds; the pass's own measure, applied to data-free rows too."""
+    return model_output_sqnr(ref, out)
 
 
 @dataclass

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.tasks._common import cpu_model
 
 if not __package__:  # Run as a script: import the package from the repo root, not this folder.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -70,12 +71,7 @@ def machine_info() -> dict[str, Any]:
     import sklearn
     from threadpoolctl import threadpool_info
 
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except OSError:
-        pass
+    model = cpu_model()
     return {
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),

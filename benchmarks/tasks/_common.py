@@ -51,3 +51,14 @@ def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **cast(dict[str, Any], arrays))  # the stubs fear an `allow_pickle` key
     os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu reports it ("" where lscpu is missing): benchmarks name their machine."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")

@@ -19,7 +19,7 @@ from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .executor import StreamExecutor
 from .refit import GramStats, LayerGeometry, patches, refit_layer, supported
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "model_output_sqnr"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 BIAS_OPS = frozenset({"Conv", "Gemm"})
 
 
-def _model_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
+def model_output_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
+    """SQNR in dB over every float output of every feed (None when the reference is all zeros)."""
     noise = signal = 0.0
     for a, b in zip(ref, out, strict=True):
         for k, x in a.items():
@@ -76,7 +77,7 @@ def calibrate(
     t0 = time.perf_counter()
     ex.finish()
     ref, out = ex.graph_outputs()
-    summary.model_sqnr_db = _model_sqnr(ref, out)
+    summary.model_sqnr_db = model_output_sqnr(ref, out)
     summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
     summary.sessions = ex.sessions
     return summary
