@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tasks._common import cpu_model
+from benchmarks.tasks._common import machine_base
 
 if not __package__:  # Run as a script: import the package from the repo root, not this folder.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -71,14 +70,9 @@ def machine_info() -> dict[str, Any]:
     import sklearn
     from threadpoolctl import threadpool_info
 
-    model = cpu_model()
     return {
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "lscpu_model_name": model,
-        "numpy": np.__version__,
+        **machine_base(),
         "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "thread_pools": [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads")} for p in threadpool_info()],
         "loadavg_start": list(os.getloadavg()),

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tasks._common import cpu_model
+from benchmarks.tasks._common import machine_base
 
 if not __package__:  # Run as a script: import the package from the repo root, not this folder.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -66,12 +65,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "size_time.json"
 
 def machine_info() -> dict[str, Any]:
     """What the timings depend on: CPU, cores, library versions and the load when the run started."""
-    model = cpu_model()
     return {
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "lscpu_model_name": model,
-        "numpy": np.__version__,
+        **machine_base(),
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),

@@ -29,7 +29,6 @@ class LayerPlan:
     attrs: dict[str, Any]
     slot: int
     input_name: str
-    output_name: str
     values: np.ndarray
     encoded: EncodedTensor
 

@@ -62,3 +62,19 @@ def cpu_model() -> str:
     except OSError:
         return ""
     return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+
+
+def machine_base() -> dict[str, object]:
+    """The machine facts every benchmark records: CPU, cores, numpy and Python versions."""
+    import os
+    import platform
+
+    import numpy
+
+    return {
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "lscpu_model_name": cpu_model(),
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }

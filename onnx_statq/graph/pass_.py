@@ -244,7 +244,6 @@ class StatqPass:
                     dict(use.node.attrs),
                     use.slot,
                     use.node.inputs[0].name,
-                    use.node.outputs[0].name,
                     w.values,
                     encoded[id(w)],
                 )
@@ -276,10 +275,9 @@ class StatqPass:
             names.add(name)
             return name
 
-        graphs = {id(u.graph): u.graph for u in w.uses}
-        home = w.source_graph or (next(iter(graphs.values())) if len(graphs) == 1 else None) or w.uses[0].graph
-        if len(graphs) > 1 and w.source_graph is None:
-            home = _outermost(w.uses)
+        # A Constant node's decode stays in its graph; an initializer's goes to its first user's graph, which is
+        # the outermost of its users because _graphs walks outer graphs first.
+        home = w.source_graph or w.uses[0].graph
         target = self._detach(w)
         nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix=f"statq{len(report.layers)}")
         home.nodes[0:0] = nodes
@@ -331,11 +329,6 @@ def _table_bits(enc: EncodedTensor) -> int:
     """Bits one codebook level costs over all groups of this encoding (16 for float16 levels, else 32)."""
     assert enc.codebook is not None
     return enc.codebook.groups * (16 if enc.codebook.level_dtype == "float16" else 32)
-
-
-def _outermost(uses: list[_Use]) -> gs.Graph:
-    # The first use found is in the outermost graph, because _graphs walks outer graphs first.
-    return uses[0].graph
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
