@@ -14,7 +14,7 @@ import onnx
 from .config import QuantConfig
 from .errors import ConfigError, OutputError
 from .graph.pass_ import PassResult, StatqPass
-from .io import load_model, save_model, zipped_size
+from .io import ZipSizer, load_model, save_model, zipped_size
 from .plan import CalibrationMode, Refiner
 from .report import Report
 
@@ -66,9 +66,11 @@ def quantize(
     ``calib`` (an .npz or folder path, an iterable of input dicts, or a CalibrationDataReader) turns on
     calibration, sequential by default. The input proto is never modified. Keyword options override ``config``.
     """
-    proto = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    lazy = _lazy(calib, calib_mode)
+    proto = load_model(model, lazy=lazy) if isinstance(model, (str, os.PathLike)) else model
+    base = Path(model).parent if lazy and isinstance(model, (str, os.PathLike)) else None
     refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation)
-    return StatqPass(_config(config, options), refiner=refiner)(proto).model
+    return StatqPass(_config(config, options), refiner=refiner)(proto, base_dir=base).model
 
 
 def quantize_file(
@@ -85,26 +87,36 @@ def quantize_file(
 ) -> Report:
     """Load, quantize, save atomically and verify in onnxruntime; returns the full report."""
     src_p, dst_p = Path(src), Path(dst)
-    if dst_p.exists() and src_p.exists() and dst_p.resolve() == src_p.resolve():
-        raise OutputError("output path is the input model; the input is never overwritten")
+    _refuse_overwrite(dst_p, [src_p, *([Path(calib)] if isinstance(calib, (str, os.PathLike)) else [])])
     t0 = time.perf_counter()
     data_files: list[str] = []
-    model = load_model(src_p, data_files)
-    refiner = make_refiner(model, calib, calib_samples, calib_mode, progress, calib_compensation)
-    t1 = time.perf_counter()
-    result: PassResult = StatqPass(config or QuantConfig(), progress=progress, refiner=refiner)(model)
-    t2 = time.perf_counter()
-    written = save_model(result.model, dst_p)
+    lazy = _lazy(calib, calib_mode)
+    model = load_model(src_p, data_files, lazy=lazy)
+    _refuse_overwrite(dst_p, [src_p.parent / n for n in data_files])
+    inputs = [src_p] + [src_p.parent / n for n in data_files]
+    zipped_before = ZipSizer(inputs)  # deflating a large input takes as long as the pass: run it alongside
+    try:
+        refiner = make_refiner(model, calib, calib_samples, calib_mode, progress, calib_compensation)
+        t1 = time.perf_counter()
+        base = src_p.parent if lazy else None
+        result: PassResult = StatqPass(config or QuantConfig(), progress=progress, refiner=refiner)(
+            model, base_dir=base
+        )
+        t2 = time.perf_counter()
+        written = save_model(result.model, dst_p)
+    except BaseException:
+        zipped_before.cancel()
+        raise
     t3 = time.perf_counter()
     report = result.report
+    del model, result, refiner  # nothing of the model stays in memory while the sizes and the check run
     report.timings = {"load_s": t1 - t0, "quantize_s": t2 - t1, "save_s": t3 - t2, **report.timings}
-    inputs = [src_p] + [src_p.parent / n for n in data_files]
     before, after = report.weight_bytes()
     report.totals = {
         **report.totals,
         "file_bytes_before": sum(p.stat().st_size for p in inputs),
         "file_bytes_after": sum(p.stat().st_size for p in written),
-        "zipped_bytes_before": zipped_size(inputs),
+        "zipped_bytes_before": zipped_before.result(),
         "zipped_bytes_after": zipped_size(written),
         "weights_quantized": len(report.layers),
         "weights_skipped": len(report.skipped),
@@ -116,6 +128,25 @@ def quantize_file(
         from .verify import compare  # onnxruntime is only needed when verifying
 
         t4 = time.perf_counter()
-        report.verify = compare(src_p, written[0])
+        try:
+            report.verify = compare(src_p, written[0])
+        except BaseException:
+            for p in written:  # a failed run leaves no output behind
+                p.unlink(missing_ok=True)
+            raise
         report.timings["verify_s"] = time.perf_counter() - t4
     return report
+
+
+def _lazy(calib: Any, calib_mode: CalibrationMode | str) -> bool:
+    """Leave external weights on disk until the pass reads each (:mod:`onnx_statq.lazy`), unless calibrating:
+    calibration runs onnxruntime on the model in memory."""
+    return calib is None or calib_mode == CalibrationMode.NONE
+
+
+def _refuse_overwrite(dst: Path, inputs: list[Path]) -> None:
+    """Refuse an output path (or its ``.data`` file) that is one of the inputs: the inputs are never modified."""
+    targets = {os.path.realpath(dst), os.path.realpath(f"{dst}.data")}
+    for p in inputs:
+        if os.path.realpath(p) in targets:
+            raise OutputError(f"output path {dst} would overwrite the input {p}; inputs are never overwritten")

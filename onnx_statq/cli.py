@@ -19,7 +19,7 @@ import click
 from .api import DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, quantize_file
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
-from .errors import StatqError
+from .errors import OutputError, StatqError
 from .plan import CalibrationMode
 from .report import Report
 
@@ -35,7 +35,29 @@ Examples:
   onnx-statq model.onnx -o model_q.onnx --method kmeans --granularity channel --report report.json
   onnx-statq model.onnx -o model_q.onnx --config statq.toml --json
   onnx-statq model.onnx -o model_q.onnx --bits 3 --calib calib.npz --calib-samples 32
+  onnx-statq model.onnx -o model_q.onnx --bits auto --target-sqnr 20
+  onnx-statq model.onnx -o model_q.onnx --bits auto --size-ratio 9
 """
+
+
+class _Bits(click.ParamType):
+    """An integer width from 1 to 8, or 'auto'."""
+
+    name = "1-8|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            bits = int(value)
+        except ValueError:
+            bits = 0
+        if not 1 <= bits <= 8:
+            self.fail(f"{value!r} is neither a width from 1 to 8 nor 'auto'", param, ctx)
+        return bits
+
+
+_BITS = _Bits()
 
 
 def _fmt_bytes(n: float) -> str:
@@ -47,7 +69,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _table(report: Report) -> str:
-    rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "SQNR dB")]
+    rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "predicted", "SQNR dB")]
     for r in report.layers:
         rows.append(
             (
@@ -58,6 +80,7 @@ def _table(report: Report) -> str:
                 str(r.k),
                 str(r.bits),
                 f"{r.rel_error:.2e}",
+                "" if r.predicted_rel_error is None else f"{r.predicted_rel_error:.2e}",
                 f"{r.sqnr_db:.1f}",
             )
         )
@@ -74,6 +97,8 @@ def _table(report: Report) -> str:
         f"zipped: {_fmt_bytes(zb)} -> {_fmt_bytes(za)}  ({zb / za:.2f}x smaller)",
         "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
     ]
+    if "average_index_bits" in t:
+        lines.append(f"bits:   {t['average_index_bits']:.2f} per weight on average ({t['allocation_target']})")
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")
@@ -89,6 +114,8 @@ def _table(report: Report) -> str:
         lines.append(
             f"verify: onnxruntime output SQNR vs float on random inputs: {report.verify['min_sqnr_db']:.1f} dB"
         )
+        if report.verify.get("note"):
+            lines.append(f"verify: note: {report.verify['note']}")
     return "\n".join(lines)
 
 
@@ -127,7 +154,13 @@ def main() -> None:
     required=True,
     help="Where to write the quantized model.",
 )
-@click.option("--bits", type=click.IntRange(1, 8), default=None, help="Index bits per weight (K = 2**bits). [4]")
+@click.option(
+    "--bits",
+    type=_BITS,
+    default=None,
+    help="Index bits per weight (K = 2**bits), 1-8 [4]; 'auto': widths from the statistics for --target-sqnr, "
+    "--avg-bits or --size-ratio.",
+)
 @click.option(
     "--method",
     type=click.Choice([m.value for m in Method]),
@@ -162,6 +195,18 @@ def main() -> None:
     type=click.FloatRange(2.0, 8.0),
     default=None,
     help="Average bits per weight for --allocation auto (default: --bits); per-node/op-type bits stay fixed.",
+)
+@click.option(
+    "--target-sqnr",
+    type=click.FloatRange(1.0, 100.0, min_open=True),
+    default=None,
+    help="Per-layer weight SQNR in dB: each layer gets the fewest bits predicted to reach it.",
+)
+@click.option(
+    "--size-ratio",
+    type=click.FloatRange(1.0, 64.0, min_open=True),
+    default=None,
+    help="Make the weights this many times smaller than the input's; bits go where they reduce error most.",
 )
 @click.option(
     "--calib",
@@ -199,6 +244,15 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the output.")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["onnx", "ort"]),
+    default="onnx",
+    show_default=True,
+    help="ort: onnxruntime's mobile format, at OUTPUT with the suffix .ort, plus the operator config of a reduced "
+    "build; the decode stays in the file and runs with the model (docs/mobile.md).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def quantize(**opts: Any) -> None:
     """Quantize MODEL and write it to OUTPUT."""
@@ -207,14 +261,17 @@ def quantize(**opts: Any) -> None:
 
 def _config(opts: dict[str, Any]) -> QuantConfig:
     config = QuantConfig.from_file(opts["config_file"]) if opts["config_file"] else QuantConfig()
-    keys = ("bits", "method", "granularity", "min_size", "avg_bits", "allocation")
+    keys = ("bits", "method", "granularity", "min_size", "avg_bits", "allocation", "target_sqnr", "size_ratio")
     overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
+    if isinstance(overrides.get("bits"), int):
+        overrides["auto_bits"] = False
     if opts["exclude"]:
         overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])
     return config.with_options(**overrides)
 
 
 def _quantize(**opts: Any) -> None:
+    _refuse_clobbering(opts)
     config = _config(opts)
     show = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
     bar = click.progressbar(length=1, label="quantizing", file=sys.stderr) if show else None
@@ -226,8 +283,11 @@ def _quantize(**opts: Any) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
 
+    save: Any = quantize_file
+    if opts["out_format"] == "ort":
+        from .mobile import quantize_file_ort as save
     try:
-        report = quantize_file(
+        report = save(
             opts["model"],
             opts["output"],
             config,
@@ -242,11 +302,35 @@ def _quantize(**opts: Any) -> None:
         if bar is not None:
             bar.__exit__(None, None, None)
     if opts["report_file"]:
-        opts["report_file"].write_text(json.dumps(report.to_dict(), indent=2))
+        try:
+            opts["report_file"].write_text(json.dumps(report.to_dict(), indent=2))
+        except OSError as exc:
+            raise OutputError(f"cannot write the report {opts['report_file']}: {exc.strerror or exc}") from None
     if opts["as_json"]:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif not opts["quiet"]:
         click.echo(_table(report))
+        if opts["out_format"] == "ort":
+            click.echo("wrote: " + ", ".join(report.totals["outputs"]))
+
+
+def _refuse_clobbering(opts: dict[str, Any]) -> None:
+    """Before any work: the output and the report must not overwrite an input, and the report must be writable.
+
+    (``quantize_file`` checks the output against the model, its external data and the calibration file.)
+    """
+    inputs = [opts[k] for k in ("model", "config_file", "calib") if opts.get(k) is not None]
+    outputs = [(opts["output"], "output")] + ([(opts["report_file"], "report")] if opts.get("report_file") else [])
+    for path, what in outputs:
+        for src in inputs:
+            if os.path.realpath(path) == os.path.realpath(src):
+                raise OutputError(f"{what} path {path} would overwrite the input {src}; inputs are never overwritten")
+    report = opts.get("report_file")
+    if report is not None:
+        if os.path.realpath(report) == os.path.realpath(opts["output"]):
+            raise OutputError(f"the report and the output are the same file: {report}")
+        if not os.path.isdir(report.parent) or os.path.isdir(report):
+            raise OutputError(f"cannot write the report {report}: no such folder, or it is a folder")
 
 
 def _run(job: Any) -> None:
@@ -269,8 +353,62 @@ def _run(job: Any) -> None:
         sys.exit(INTERNAL_ERROR)
 
 
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--bits", type=click.IntRange(1, 8), default=None, help="Bits the default pass would use. [4]")
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write one PNG per quantized weight (histogram and codebook levels) here; needs onnx-statq[plot].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect_command(model: Path, bits: int | None, plot_dir: Path | None, as_json: bool) -> None:
+    """Per-weight statistics and what the default pass would choose for each weight, without writing a model."""
+
+    def job() -> None:
+        from .inspect import format_table, inspect_model
+
+        config = QuantConfig() if bits is None else QuantConfig(bits=bits)
+        ins = inspect_model(model, config, plot_dir=plot_dir)
+        click.echo(json.dumps(ins.to_dict(), indent=2) if as_json else format_table(ins))
+
+    _run(job)
+
+
+@main.command("check")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a report.")
+def check_command(model: Path, as_json: bool) -> None:
+    """Does MODEL load and run in onnxruntime (CPU), convert to .ort, and what would NNAPI and CoreML take?
+
+    Exits non-zero (10) when it does not load, run or convert, or uses an op without a CPU kernel.
+    """
+
+    def job() -> None:
+        from .mobile import check_model, format_check, raise_if_failed
+
+        res = check_model(model)
+        click.echo(json.dumps(res.to_dict(), indent=2) if as_json else format_check(res))
+        raise_if_failed(res)
+
+    _run(job)
+
+
+def _quiet_libraries() -> None:
+    """onnx-graphsurgeon prints its warnings to stdout (a bfloat16 tensor, a missing ``colored`` module), which
+    would corrupt ``--json`` output and add lines to a one-line error; its exceptions still carry the message."""
+    try:
+        from onnx_graphsurgeon.logger import G_LOGGER
+    except ImportError:  # pragma: no cover - a dependency, but never worth failing the CLI over
+        return
+    G_LOGGER.severity = G_LOGGER.CRITICAL + 1
+
+
 def entry() -> None:
     """Console-script entry: click's own usage errors also become one line and exit code 2."""
+    _quiet_libraries()
     try:
         main.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -278,8 +416,12 @@ def entry() -> None:
     except click.Abort:
         click.echo("onnx-statq: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError:
+        click.echo("onnx-statq: error: missing MODEL; usage: onnx-statq MODEL -o OUT [OPTIONS] (see --help)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"onnx-statq: error: {exc.format_message()}", err=True)
+        lines = exc.format_message().strip().splitlines() or [type(exc).__name__]
+        click.echo(f"onnx-statq: error: {lines[0]}", err=True)
         sys.exit(2)
 
 

@@ -29,6 +29,7 @@ class Allocation(enum.StrEnum):
 
 
 DEFAULT_MIN_SIZE = 1024
+REFERENCE_BITS = 4  # with ``bits='auto'``: the width at which the representation (tensor/channel) is chosen
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,16 @@ class QuantConfig:
     channel_tolerance: float = 2.0
     allocation: Allocation = Allocation.AUTO
     avg_bits: float | None = None  # the budget for AUTO allocation; None: ``bits``
+    auto_bits: bool = False  # ``--bits auto``: widths from predicted errors alone, for one of the targets below
+    target_sqnr: float | None = None  # per-layer weight SQNR in dB: each layer gets the fewest bits that meet it
+    size_ratio: float | None = None  # whole-model budget: the output this many times smaller than the input
     nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
     op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.bits == "auto":
+            object.__setattr__(self, "bits", REFERENCE_BITS)
+            object.__setattr__(self, "auto_bits", True)
         _check_bits(self.bits)
         object.__setattr__(self, "method", _enum(Method, self.method, "method"))
         object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
@@ -87,12 +94,28 @@ class QuantConfig:
             or not 2 <= self.avg_bits <= 8
         ):
             raise ConfigError(f"avg_bits must be a number from 2 to 8, got {self.avg_bits!r}")
+        self._check_targets()
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
             raise ConfigError("exclude must be a list of node names or op types")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for name in ("nodes", "op_types"):
             table = {str(k): _layer(v, f"{name}.{k}") for k, v in dict(getattr(self, name)).items()}
             object.__setattr__(self, name, MappingProxyType(dict(sorted(table.items()))))
+
+    def _check_targets(self) -> None:
+        if not isinstance(self.auto_bits, bool):
+            raise ConfigError(f"auto_bits must be true or false, got {self.auto_bits!r}")
+        for name, lo, hi in (("target_sqnr", 1.0, 100.0), ("size_ratio", 1.0, 64.0)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi):
+                raise ConfigError(f"{name} must be a number above {lo:g} and at most {hi:g}, got {v!r}")
+        targets = [n for n in ("avg_bits", "size_ratio", "target_sqnr") if getattr(self, n) is not None]
+        if len(targets) > 1:
+            raise ConfigError(f"give one target, not {' and '.join(targets)}")
+        if self.auto_bits and not targets:
+            raise ConfigError("bits 'auto' needs a target: target_sqnr, avg_bits or size_ratio")
+        if targets and self.allocation == Allocation.FIXED:
+            raise ConfigError(f"{targets[0]} needs allocation 'auto', not 'fixed'")
 
     def resolve(self, node_name: str, op_type: str) -> Resolved:
         """Settings for one consumer node: node name, then op type, then the global values."""
@@ -107,10 +130,15 @@ class QuantConfig:
 
     @property
     def budget(self) -> float | None:
-        """Average bits per weight to allocate, or None for the same bits everywhere."""
-        if self.allocation == Allocation.FIXED:
+        """Average bits per weight to allocate, or None: the same bits everywhere, or a target other than bits."""
+        if self.allocation == Allocation.FIXED or self.target_sqnr is not None or self.size_ratio is not None:
             return None
         return float(self.avg_bits if self.avg_bits is not None else self.bits)
+
+    @property
+    def allocates(self) -> bool:
+        """Whether per-layer widths are chosen at all (by budget, size ratio or SQNR target)."""
+        return self.allocation == Allocation.AUTO
 
     def with_options(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)
@@ -118,6 +146,9 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["exclude"] = list(self.exclude)
+        if self.auto_bits:
+            out["bits"] = "auto"
+            del out["auto_bits"]
         out["nodes"] = {k: _layer_dict(v) for k, v in self.nodes.items()}
         out["op_types"] = {k: _layer_dict(v) for k, v in self.op_types.items()}
         return {k: (str(v) if isinstance(v, (Method, Granularity, Allocation)) else v) for k, v in out.items()}
@@ -146,7 +177,7 @@ class QuantConfig:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
         try:
             data = tomllib.loads(text.decode()) if p.suffix == ".toml" else json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(
                 f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
             ) from None

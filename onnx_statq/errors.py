@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "CheckFailedError",
     "ConfigError",
     "ExternalDataError",
+    "MissingDependencyError",
     "ModelLoadError",
     "NoWeightsError",
     "OutputError",
@@ -60,3 +62,15 @@ class CalibrationError(StatqError):
     """Calibration data that does not match the model."""
 
     exit_code = 8
+
+
+class MissingDependencyError(StatqError):
+    """An optional feature whose extra is not installed (``inspect --plot`` needs ``onnx-statq[plot]``)."""
+
+    exit_code = 9
+
+
+class CheckFailedError(StatqError):
+    """``onnx-statq check``: the model does not load, run or convert to .ort in onnxruntime."""
+
+    exit_code = 10

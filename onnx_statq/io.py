@@ -6,18 +6,22 @@ destination folder and renames it, so an interrupted or failed run never leaves 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from .errors import ExternalDataError, ModelLoadError, OutputError
+from .lazy import check_ranges
 
-__all__ = ["TWO_GB", "load_model", "save_model", "zipped_size"]
+__all__ = ["TWO_GB", "ZipSizer", "load_model", "save_model", "under_2gb", "zipped_size"]
 
 TWO_GB = 2**31 - 1
 
@@ -46,10 +50,22 @@ def _check_external(model: onnx.ModelProto, folder: Path) -> None:
             raise ExternalDataError(f"external data file {loc!r} is missing next to the model")
 
 
-def load_model(path: str | os.PathLike[str], data_files: list[str] | None = None) -> onnx.ModelProto:
+def under_2gb(model: onnx.ModelProto) -> bool:
+    """Whether the model serializes to one protobuf (< 2 GB); ``ByteSize`` itself fails on a larger one."""
+    try:
+        return model.ByteSize() < TWO_GB
+    except EncodeError:
+        return False
+
+
+def load_model(
+    path: str | os.PathLike[str], data_files: list[str] | None = None, *, lazy: bool = False
+) -> onnx.ModelProto:
     """Load and check a model file, with its external data, or raise a one-line typed error.
 
     ``data_files``, if given, receives the external data file names (they are no longer visible once loaded).
+    ``lazy`` leaves external tensors in their files (their byte ranges checked): hand the model's folder to
+    ``StatqPass(...)(model, base_dir=folder)``, which reads them one at a time (see :mod:`onnx_statq.lazy`).
     """
     p = Path(path)
     if not p.is_file():
@@ -63,12 +79,16 @@ def load_model(path: str | os.PathLike[str], data_files: list[str] | None = None
     _check_external(model, p.parent)
     if data_files is not None:
         data_files.extend(sorted(set(_external_locations(model))))
+    external = bool(_external_locations(model))
     try:
-        onnx.load_external_data_for_model(model, str(p.parent))
+        if lazy:
+            check_ranges(model, p.parent)
+        else:
+            onnx.load_external_data_for_model(model, str(p.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ExternalDataError(f"cannot read external data of {p}: {exc}") from None
     try:
-        if model.ByteSize() < TWO_GB:
+        if not (lazy and external) and under_2gb(model):
             onnx.checker.check_model(model)
         else:
             onnx.checker.check_model(str(p))
@@ -81,9 +101,9 @@ def load_model(path: str | os.PathLike[str], data_files: list[str] | None = None
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
     """Write atomically; models over 2 GB go with external data in ``<name>.data``. Returns the files written."""
     out = Path(path)
-    if out.is_dir():
+    if os.path.isdir(out):  # os.path: False, not OSError, for a name too long
         raise OutputError(f"output {out} is a directory")
-    if not out.parent.is_dir():
+    if not os.path.isdir(out.parent):
         raise OutputError(f"output folder {out.parent} does not exist")
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".statq-", dir=out.parent))
@@ -105,7 +125,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Pat
 
 def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:
     target = folder / name
-    if model.ByteSize() < TWO_GB and not _external_locations(model):
+    if under_2gb(model) and not _external_locations(model):
         target.write_bytes(model.SerializeToString())
         return [target]
     data = f"{name}.data"
@@ -115,14 +135,80 @@ def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:
     return [target, folder / data]
 
 
-def zipped_size(paths: list[Path]) -> int:
+def zipped_size(paths: list[Path], cancel: threading.Event | None = None) -> int:
     """Bytes after deflate at zip's default level, as a download or an APK would carry the file.
 
-    Level 9 measured 3x slower than level 6 on MiniLM for a size within 0.3%, and it dominated the run time.
+    Level 9 measured 3x slower than level 6 on MiniLM for a size within 0.3%, and it dominated the run time. The
+    archive goes to a sink that only counts (zipfile streams each file in small blocks), so measuring a model of
+    several GB takes neither memory nor disk.
     """
-    with tempfile.TemporaryFile() as fh:
-        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
-            for p in paths:
-                z.write(p, arcname=p.name)
-        fh.seek(0, os.SEEK_END)
-        return fh.tell()
+    sink = _CountingSink(cancel)
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+        for p in paths:
+            z.write(p, arcname=p.name)
+    return sink.size
+
+
+class ZipSizer:
+    """:func:`zipped_size` on a background thread: started as soon as the input is known, the deflate of a large
+    input (about 90 s per GB) overlaps the pass instead of following it. :meth:`cancel` stops it within a block."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._cancel = threading.Event()
+        self._size: int | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(paths),), name="statq-zipped-size", daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: list[Path]) -> None:
+        try:
+            self._size = zipped_size(paths, self._cancel)
+        except BaseException as exc:  # handed to result(), in the caller's thread
+            self._error = exc
+
+    def result(self) -> int:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._size is not None
+        return self._size
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
+class _CancelledError(Exception):
+    pass
+
+
+class _CountingSink(io.RawIOBase):
+    """A seekable write-only file that keeps no data: zipfile writes it exactly as it would a real file (it
+    seeks back to patch each local header), and its final extent is the archive's size."""
+
+    def __init__(self, cancel: threading.Event | None = None) -> None:
+        super().__init__()
+        self.pos = 0
+        self.size = 0
+        self.cancel = cancel
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _CancelledError
+        n = memoryview(b).nbytes
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos

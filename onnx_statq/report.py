@@ -29,6 +29,7 @@ class LayerRecord:
     calibration: str = ""
     output_sqnr_datafree_db: float | None = None
     output_sqnr_calibrated_db: float | None = None
+    predicted_rel_error: float | None = None  # from the statistics alone (codebook.predict), before any fit
 
     @property
     def sqnr_db(self) -> float:
@@ -53,6 +54,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)  # weight name -> predicted relative error
 
     def weight_bytes(self) -> tuple[int, int]:
         return sum(r.bytes_before for r in self.layers), sum(r.bytes_after for r in self.layers)

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-__all__ = ["DYNAMIC_DIM", "compare", "random_feeds"]
+__all__ = [
+    "DYNAMIC_DIM",
+    "FOLD_LIMIT",
+    "MAX_FEED_ELEMENTS",
+    "CannotVerifyError",
+    "compare",
+    "model_bytes",
+    "random_feeds",
+]
 
 DYNAMIC_DIM = 2
+MAX_FEED_ELEMENTS = 1 << 26  # 256 MB of float32 over all inputs: past this, random inputs are not generated
 _NP = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -27,10 +37,38 @@ _NP = {
 }
 
 
-def _session(path: Path) -> ort.InferenceSession:
+class CannotVerifyError(ValueError):
+    """The float model cannot be run on generated inputs (a type or size random inputs cannot be made for)."""
+
+
+FOLD_LIMIT = 1 << 28  # float model bytes past which the check does not let onnxruntime fold the decode
+
+
+def _session(path: Path, fold: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if fold:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts.enable_cpu_mem_arena = False  # the run-time decode's buffers go back to the system after the run
+    return ort.InferenceSession(
+        str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantFolding"]
+    )
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of a model file and of the external data its tensors reference (read without loading the data)."""
+    size = path.stat().st_size
+    if size > FOLD_LIMIT:  # one protobuf this large holds its weights itself: no need to parse it
+        return size
+    model = onnx.load(str(path), load_external_data=False)
+    files = {
+        e.value
+        for t in onnx.external_data_helper._get_all_tensors(model)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
 
 
 def _dynamic(axis: int, rank: int, batch: int) -> int:
@@ -41,16 +79,27 @@ def _dynamic(axis: int, rank: int, batch: int) -> int:
 
 
 def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = DYNAMIC_DIM) -> dict[str, np.ndarray]:
-    """Inputs of the declared shapes; symbolic dims get ``dynamic_dim``; integer inputs stay small (token ids)."""
+    """Inputs of the declared shapes; symbolic dims get ``dynamic_dim``; integer inputs stay small (token ids).
+
+    Raises :class:`CannotVerifyError` for an input type that cannot be generated, or declared shapes of more than
+    ``MAX_FEED_ELEMENTS`` elements in all (a hostile model can declare 10^12).
+    """
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    shapes = {}
     for i in sess.get_inputs():
-        shape = [
+        shapes[i.name] = [
             d if isinstance(d, int) and d > 0 else _dynamic(j, len(i.shape), dynamic_dim) for j, d in enumerate(i.shape)
         ]
-        dtype = _NP.get(i.type)
-        if dtype is None:
-            raise ValueError(f"input {i.name} has type {i.type}, which verification cannot generate")
+        if _NP.get(i.type) is None:
+            raise CannotVerifyError(f"input {i.name} has type {i.type}, which verification cannot generate")
+    total = sum(math.prod(s) for s in shapes.values())  # Python ints: no overflow for absurd dims
+    if total > MAX_FEED_ELEMENTS:
+        raise CannotVerifyError(
+            f"the inputs' declared shapes hold {min(total, 10**300):.3g} elements, too many to generate"
+        )
+    for i in sess.get_inputs():
+        shape, dtype = shapes[i.name], _NP[i.type]
         if np.issubdtype(dtype, np.floating):
             feeds[i.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -61,23 +110,61 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = D
     return feeds
 
 
-def compare(float_path: Path, quant_path: Path, seed: int = 0) -> dict[str, Any]:
+def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None = None) -> dict[str, Any]:
     """Output SQNR (dB) of the quantized model against the float one, per output and worst.
 
-    If the float model itself cannot run on generated inputs (inputs with meaning, such as ids into a table), the
-    check is reported as skipped; if only the quantized model fails, that is a real failure and is raised.
+    If the float model itself cannot be loaded by onnxruntime, or run on generated inputs (inputs with meaning, such
+    as ids into a table; types or sizes that cannot be generated), the check is reported as skipped; if only the
+    quantized model fails, that is a real failure and is raised.
+
+    The two sessions live one after the other, so the check holds one model's weights at a time. ``fold=None``
+    lets onnxruntime fold the decode at session creation, as users run it, unless the float model is over
+    ``FOLD_LIMIT`` bytes: folding the decode of a large model takes several times its weights in memory at once
+    (about 8x measured), so both sessions then run without constant folding, the quantized one decoding at run
+    time (bit-exact all the same); the result says so in ``note``.
     """
-    ref, q = _session(float_path), _session(quant_path)
-    feeds = random_feeds(ref, seed)
+    if fold is None:
+        fold = model_bytes(Path(float_path)) <= FOLD_LIMIT
+    try:
+        ref = _session(float_path, fold)
+    except Exception as exc:
+        return {"skipped": f"onnxruntime cannot load the float model: {_first_line(exc)}"}
+    try:
+        feeds = random_feeds(ref, seed)
+    except CannotVerifyError as exc:
+        return {"skipped": str(exc)}
     try:
         a = ref.run(None, feeds)
     except Exception as exc:
-        return {"skipped": f"the float model fails on generated inputs: {str(exc).splitlines()[0][:200]}"}
-    b = q.run(None, feeds)
-    per = {}
-    for meta, x, y in zip(ref.get_outputs(), a, b, strict=False):
-        x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        noise = float(np.sum((x64 - y64) ** 2))
-        signal = float(np.sum(x64**2))
-        per[meta.name] = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
-    return {"outputs": per, "min_sqnr_db": min(per.values()) if per else math.inf, "inputs": list(feeds)}
+        return {"skipped": f"the float model fails on generated inputs: {_first_line(exc)}"}
+    names = [meta.name for meta in ref.get_outputs()]
+    del ref  # frees the float weights before the quantized model loads
+    b = _session(quant_path, fold).run(None, feeds)
+    per = {name: _sqnr_db(x, y) for name, x, y in zip(names, a, b, strict=False)}
+    worst = min(per.values()) if per else math.inf
+    result: dict[str, Any] = {"outputs": per, "min_sqnr_db": worst, "inputs": list(feeds)}
+    if not fold:
+        result["note"] = (
+            f"checked without onnxruntime's constant folding: the float model is over {FOLD_LIMIT >> 20} MB, and "
+            "folding the decode at session creation takes several times the weights in memory; the quantized "
+            "model decoded its weights at run time instead"
+        )
+    return result
+
+
+def _sqnr_db(x: Any, y: Any) -> float:
+    """SQNR of one output; a non-numeric output (strings, a sequence of maps) is inf if equal, else -inf."""
+    xa, ya = np.asarray(x), np.asarray(y)
+    if xa.dtype.kind not in "biuf" or ya.dtype.kind not in "biuf":
+        pairs = zip(xa.ravel().tolist(), ya.ravel().tolist(), strict=True) if xa.shape == ya.shape else None
+        same = pairs is not None and all(p == q for p, q in pairs)
+        return math.inf if same else -math.inf
+    x64, y64 = xa.astype(np.float64), ya.astype(np.float64)
+    noise = float(np.sum((x64 - y64) ** 2))
+    signal = float(np.sum(x64**2))
+    return math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -90,3 +90,27 @@ def sqnr(ref: np.ndarray, approx: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = np.sum((ref - approx.astype(np.float64)) ** 2)
     return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line for the hardening corpus (tests/test_corpus.py): inputs run, tracebacks, partial outputs."""
+    import json
+
+    runs = [
+        json.loads(value)
+        for reports in terminalreporter.stats.values()
+        for r in reports
+        if getattr(r, "when", None) == "call"
+        for key, value in getattr(r, "user_properties", ())
+        if key == "corpus"
+    ]
+    if not runs:
+        return
+    inputs = len([r for r in runs if r["how"] == "in-process"])
+    tracebacks = sum(bool(r["traceback"]) for r in runs)
+    partial = sum(bool(r["partial"] or r["leftovers"]) for r in runs)
+    wrong = sum(bool(r["exit_code"] or r["stderr"] or r["result"] or r["input_changed"]) for r in runs)
+    terminalreporter.write_line(
+        f"corpus: {inputs} inputs ({len(runs) - inputs} also as a process), {tracebacks} tracebacks, "
+        f"{partial} partial outputs, {wrong} other failures"
+    )

@@ -3,6 +3,7 @@ CalibrationDataReader; all checked against the model's declared inputs before an
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
                     f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
                 )
             arr = arr.astype(s.dtype)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            raise CalibrationError(f"{where}: input {s.name} holds NaN or Inf values")
         if s.shape and arr.ndim != len(s.shape):
             raise CalibrationError(f"{where}: input {s.name} has rank {arr.ndim}, the model wants {len(s.shape)}")
         for got, want in zip(arr.shape, s.shape, strict=False):
@@ -71,13 +74,22 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
     return out
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, or a one-line CalibrationError (not an archive, truncated, pickled objects)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CalibrationError(f"{path} is a single .npy array; calibration wants an .npz named like the inputs")
+        with loaded as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CalibrationError(f"cannot read calibration file {path}: {reason}") from None
+
+
 def _from_npz(path: Path, specs: list[InputSpec], batch: int) -> Iterator[dict[str, np.ndarray]]:
     """Arrays named like the inputs, samples on the first axis, cut into batches."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(f"cannot read calibration file {path}: {exc}") from None
+    arrays = _read_npz(path)
     sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise CalibrationError(f"{path}: every array needs the same number of samples on its first axis")
@@ -104,7 +116,7 @@ def load_calibration(
             files = sorted(p.glob("*.npz"))
             if not files:
                 raise CalibrationError(f"calibration folder {p} holds no .npz file")
-            items: Iterable[Mapping[str, Any]] = (dict(np.load(f, allow_pickle=False)) for f in files)
+            items: Iterable[Mapping[str, Any]] = (_read_npz(f) for f in files)
         elif p.is_file():
             items = _from_npz(p, specs, batch)
         else:

@@ -43,8 +43,11 @@ def _reads(node: onnx.NodeProto) -> set[str]:
 class StreamExecutor:
     """Runs ``nodes[a:b]`` of the main graph on both streams; callers walk forward with :meth:`advance`."""
 
-    def __init__(self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], quant_stream: bool = True) -> None:
+        """``quant_stream=False`` (independent calibration) walks the float stream only; :meth:`finish` then runs
+        the quantized model once, whole, for the model-level comparison."""
         self.model = model
+        self.quant_stream = quant_stream
         self.nodes = list(model.graph.node)
         self.weights = {t.name: t for t in model.graph.initializer}
         self.outputs = [o.name for o in model.graph.output]
@@ -98,11 +101,18 @@ class StreamExecutor:
         if stop <= self.pos:
             return
         nodes = self.nodes[self.pos : stop]
-        for env, quant in ((self.float_env, False), (self.quant_env, True)):
-            self._run(nodes, env, quant, stop)
+        self._run(nodes, self.float_env, False, stop)
+        if self.quant_stream:
+            self._run(nodes, self.quant_env, True, stop)
         self.pos = stop
 
     def finish(self) -> None:
+        if self.quant_stream:
+            self.advance(len(self.nodes))
+            return
+        start, self.pos = self.pos, 0
+        self._run(self.nodes, self.quant_env, True, len(self.nodes))
+        self.pos = start
         self.advance(len(self.nodes))
 
     def _segment(

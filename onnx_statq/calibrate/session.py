@@ -17,7 +17,7 @@ import onnx
 
 from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .executor import StreamExecutor
-from .refit import GramStats, LayerGeometry, patches, refit_layer, supported
+from .refit import MAX_ROWS, GramStats, LayerGeometry, patches, refit_layer, supported
 
 __all__ = ["calibrate", "model_output_sqnr"]
 
@@ -55,7 +55,7 @@ def calibrate(
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
-    ex = StreamExecutor(model, feeds)
+    ex = StreamExecutor(model, feeds, quant_stream=mode != CalibrationMode.INDEPENDENT)
     t_run = t_fit = 0.0
     for i, plan in enumerate(sorted(plans, key=lambda p: p.node_index)):
         if progress:
@@ -98,8 +98,10 @@ def _calibrate_one(
     stats = GramStats()
     xf_all = ex.inputs(plan.input_name, quant=False)
     xq_all = xf_all if mode == CalibrationMode.INDEPENDENT else ex.inputs(plan.input_name, quant=True)
+    cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     for xq, xf in zip(xq_all, xf_all, strict=True):
-        stats.add(patches(geo, xq), patches(geo, xf))
+        pf = patches(geo, xf)
+        stats.add(pf if xq is xf else patches(geo, xq), pf, cap)
     result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, compensation)
     if not bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)

@@ -16,7 +16,9 @@ from .assign import assign_rows
 from .stats import few_distinct
 from .types import MAX_BITS, Codebook, LevelDType, Method
 
-__all__ = ["SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "fit", "kmeans_levels", "sigma_levels", "uniform_levels"]
+__all__ = [
+    "PLACEMENT_PER_BIN",
+    "SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "fit", "kmeans_levels", "sigma_levels", "uniform_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ KMEANS_MAX_ITER = 10000
 SKETCH_BINS = 4096
 SKETCH_STEPS = 48
 SKETCH_SAMPLE = 1 << 18
+PLACEMENT_PER_BIN = 32
 
 
 def _level_means(
@@ -64,7 +67,8 @@ class _SortedRuns:
 
     def bounds(self, levels: np.ndarray) -> np.ndarray:
         """Run boundaries ``[G, K+1]`` of the nearest-level clusters (ties to the lower level)."""
-        thr = ((levels[:, 1:] + levels[:, :-1]) * 0.5 - self.lo) / self.span + self.off
+        with np.errstate(over="ignore"):  # a constant row's span is 1e-300: its thresholds may be +-inf, still right
+            thr = ((levels[:, 1:] + levels[:, :-1]) * 0.5 - self.lo) / self.span + self.off
         inner = np.searchsorted(self.keyed, thr.ravel(), side="right").reshape(thr.shape)
         inner = np.clip(inner, self.start, self.end)
         return np.concatenate([self.start, inner, self.end], axis=1)
@@ -107,9 +111,13 @@ def _sketch(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     g = x.shape[0]
     xf = x.astype(np.float32)
     mu = xf.mean(axis=1, keepdims=True, dtype=np.float64)
-    sd = np.sqrt(np.square(xf - mu.astype(np.float32)).mean(axis=1, keepdims=True, dtype=np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        sd = np.sqrt(np.square(xf - mu.astype(np.float32)).mean(axis=1, keepdims=True, dtype=np.float64))
+    if not np.all(np.isfinite(sd)):  # float32 squares overflow past ~1e19 (a corrupted weight): use float64
+        xf = x
+        sd = np.sqrt(np.square(x - mu).mean(axis=1, keepdims=True))
     sd = np.where(sd > 0, sd, 1.0)
-    u = np.arcsinh((xf - mu.astype(np.float32)) / sd.astype(np.float32))
+    u = np.arcsinh((xf - mu.astype(xf.dtype)) / sd.astype(xf.dtype))
     ulo, uhi = u.min(axis=1, keepdims=True).astype(np.float64), u.max(axis=1, keepdims=True).astype(np.float64)
     span = np.where(uhi > ulo, uhi - ulo, 1.0)
     b = np.clip(((u - ulo) * (bins / span)).astype(np.int64), 0, bins - 1)
@@ -122,23 +130,36 @@ def _sketch(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray:
-    """Levels from the weights' statistics: a one-sweep sketch, closed-form placement, one refinement sweep.
+    """Levels from the weights' statistics: a one-sweep sketch, closed-form placement, a few refinement steps.
 
     The sketch (counts and means on an asinh grid) is the only statistic the placement reads. Levels start at the
     quantiles of the cube-root density (Panter-Dite: the point density that minimises squared error), so the
-    clipping range widens with K and follows the tails instead of sitting at a fixed three sigma. At most ``steps``
-    centroid steps on the sketch, whose cost does not depend on the tensor's size, correct the high-resolution
-    approximation for small K and sparse tails; a last sweep sets each level to the mean of its weights.
+    clipping range widens with K and follows the tails instead of sitting at a fixed three sigma. The density comes
+    from a coarse sketch (``PLACEMENT_PER_BIN`` weights per bin on average): the cube root of a sparse histogram is
+    flat, and would spread levels into empty tails. At most ``steps`` centroid steps then correct the
+    high-resolution approximation for small K and sparse tails, on a fine sketch, or on the weights themselves
+    when a row is no longer than the sketch (there, an equal-count start is also tried, as K nears the row length);
+    a last sweep sets each level to the mean of its weights.
     """
-    bins = int(min(SKETCH_BINS, max(16, x.shape[1])))
-    counts, centers, edges = _sketch(x, bins)
+    g, n = x.shape
+    coarse = int(min(SKETCH_BINS, max(16, n // PLACEMENT_PER_BIN)))
+    counts, _, edges = _sketch(x, coarse)
     width = np.maximum(np.diff(edges, axis=1), 1e-300)
     cum = np.cumsum(np.cbrt(counts / width) * width, axis=1)
-    cum = np.concatenate([np.zeros((x.shape[0], 1)), cum], axis=1)
-    levels = np.empty((x.shape[0], k))
-    for g in range(x.shape[0]):
-        levels[g] = np.interp((np.arange(k) + 0.5) / k * cum[g, -1], cum[g], edges[g])
-    levels, _ = _SortedRuns(centers, counts).lloyd(levels, steps)
+    cum = np.concatenate([np.zeros((g, 1)), cum], axis=1)
+    levels = np.empty((g, k))
+    for r in range(g):
+        levels[r] = np.interp((np.arange(k) + 0.5) / k * cum[r, -1], cum[r], edges[r])
+    if n <= SKETCH_BINS:
+        xs = np.sort(x, axis=1)
+        runs = _SortedRuns(xs, np.ones_like(xs))
+        levels, _ = runs.lloyd(levels, steps)
+        start = np.round(np.linspace(0, n, k + 1)).astype(np.int64)[None, :] + runs.start
+        alt, _ = runs.lloyd(runs.means(start, np.zeros((g, k))), steps)
+        levels = np.where((runs.sse(alt) < runs.sse(levels))[:, None], alt, levels)
+    else:
+        fine_counts, centers, _ = _sketch(x, SKETCH_BINS)
+        levels, _ = _SortedRuns(centers, fine_counts).lloyd(levels, steps)
     return _level_means(x, assign_rows(levels, x), k, None, levels)
 
 

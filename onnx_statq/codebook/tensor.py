@@ -91,7 +91,8 @@ def channel_rel_error(w: np.ndarray, approx: np.ndarray, axis: int | None) -> fl
 def _encode_codebook(w: np.ndarray, axis: int | None, bits: int, method: Method, per_channel: bool) -> EncodedTensor:
     ax = axis if per_channel else None
     groups = to_groups(w, ax)
-    ldt = LevelDType.FLOAT16 if per_channel or w.dtype == np.float16 else LevelDType.FLOAT32
+    half = w.dtype == np.float16 or (per_channel and _fits_half(w))
+    ldt = LevelDType.FLOAT16 if half else LevelDType.FLOAT32
     cb = fit(groups, bits, method, ldt)
     idx = assign(cb, groups)
     rep = Representation.CHANNEL if per_channel else Representation.TENSOR
@@ -132,11 +133,16 @@ def encode_tensor(
     if per_tensor.rel_error <= channel_tolerance * _scale_free_error(w, axis, bits, method):
         return per_tensor
     per_channel = _encode_codebook(w, axis, bits, method, per_channel=True)
-    if per_channel.stored_bytes < 2 * w.size:
+    if per_channel.stored_bytes < 2 * w.size or not _fits_half(w):
         return per_channel
     half = w.astype(np.float16)
     err = channel_rel_error(w, half.astype(np.float32), axis)
     return EncodedTensor(Representation.FLOAT16, w.shape, axis, None, None, half, err, 2 * w.size)
+
+
+def _fits_half(w: np.ndarray) -> bool:
+    """Every value fits float16's range (levels stored in float16 would turn larger ones into Inf)."""
+    return w.dtype == np.float16 or bool(np.max(np.abs(w), initial=0.0) <= np.finfo(np.float16).max)
 
 
 GOOD_ENOUGH = 1e-4  # 40 dB per channel: nothing left for per-channel codebooks to win (8 bits, mostly)

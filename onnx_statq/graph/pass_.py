@@ -6,24 +6,28 @@ It never runs a session and never does arithmetic on weights itself: numerics li
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..codebook import EncodedTensor, encode_tensor
-from ..codebook.allocate import allocate_bits
+from ..codebook.allocate import HI_BITS
 from ..config import QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
+from ..lazy import attach, deferred_values_of, materialize, values_of
 from ..plan import LayerOutcome, LayerPlan, Refiner
 from ..report import LayerRecord, Report, SkipRecord
+from .allocation import DECODE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
 from .handlers import weight_slots
 
-__all__ = ["PassResult", "StatqPass", "default_opset"]
+__all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,19 @@ class _Weight:
 
     @property
     def values(self) -> np.ndarray:
+        """The weight; for an external one, a fresh read-only map each time, which nothing here keeps."""
         if self.source is not None:
-            return np.asarray(self.source.attrs["value"].values)
-        return np.asarray(self.tensor.values)
+            return values_of(self.source.attrs["value"])
+        assert isinstance(self.tensor, gs.Constant)
+        return values_of(self.tensor)
+
+    @property
+    def deferred(self) -> np.ndarray:
+        """Like :attr:`values`, but an external weight is mapped only inside each ``np.asarray`` of it."""
+        if self.source is not None:
+            return deferred_values_of(self.source.attrs["value"])
+        assert isinstance(self.tensor, gs.Constant)
+        return deferred_values_of(self.tensor)
 
 
 @dataclass(frozen=True)
@@ -100,14 +114,37 @@ class StatqPass:
         self.progress = progress
         self.refiner = refiner  # calibration, injected so that this module never runs a session
 
-    def __call__(self, model: onnx.ModelProto) -> PassResult:
+    def __call__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None) -> PassResult:
+        """Quantize ``model``. With ``base_dir``, tensors left in external data files (``load_model(lazy=True)``)
+        are read from that folder one at a time, as each is needed, and the kept ones are read into the output."""
         opset = default_opset(model)
         if opset < MIN_OPSET:
             raise UnsupportedModelError(f"opset {opset} is older than the oldest supported ({MIN_OPSET})")
-        graph = gs.import_onnx(model)
+        if opset > (newest := onnx.defs.onnx_opset_version()):
+            raise UnsupportedModelError(f"opset {opset} is newer than the newest this onnx knows ({newest})")
+        graph, overhead = import_graph(model)
+        if base_dir is not None:
+            attach(graph, Path(base_dir))
         report = Report(config=self.config.to_dict())
-        weights = self._find(graph, report)
         names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
+        todo, encoded = self.plan(graph, report, overhead=overhead)
+        positions = {id(n): i for i, n in enumerate(graph.nodes)}
+        outcomes = self._refine(model, graph, todo, encoded, positions, report)
+        for w in todo:
+            outcome = outcomes.get(w.tensor.name)
+            enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
+            self._rewrite(w, outcome.encoded if outcome else enc, opset, names, report, outcome)
+        out = _export(graph, model)
+        if base_dir is not None:
+            materialize(out, Path(base_dir))
+        return PassResult(out, report)
+
+    def plan(
+        self, graph: gs.Graph, report: Report, overhead: int = 0
+    ) -> tuple[list[_Weight], dict[int, EncodedTensor]]:
+        """Find, admit and encode every weight, with the bit allocation: every choice of the data-free pass, with
+        the graph untouched. Skips go to ``report``; ``onnx-statq inspect`` shows exactly these choices."""
+        weights = self._find(graph, report)
         todo = [w for w in weights if self._admit(w, graph, report)]
         if not todo:
             already = any(s.reason.startswith("already encoded by onnx-statq") for s in report.skipped) or any(
@@ -116,7 +153,6 @@ class StatqPass:
             if already:
                 raise NoWeightsError("the model is already quantized by onnx-statq; its encoded weights are left alone")
             raise NoWeightsError(self._nothing_message(report))
-        positions = {id(n): i for i, n in enumerate(graph.nodes)}
         encoded = {}
         for i, w in enumerate(todo):
             if self.progress:
@@ -124,14 +160,9 @@ class StatqPass:
             encoded[id(w)] = self._encode(w)
         if self.progress:
             self.progress(len(todo), len(todo), "")
-        if self.config.budget is not None:
-            self._allocate(todo, encoded, report)
-        outcomes = self._refine(model, graph, todo, encoded, positions, report)
-        for w in todo:
-            outcome = outcomes.get(w.tensor.name)
-            enc = outcome.encoded if outcome else encoded[id(w)]
-            self._rewrite(w, enc, opset, names, report, outcome)
-        return PassResult(_export(graph, model), report)
+        if self.config.allocates:
+            self._allocate(todo, encoded, report, _constant_bytes(graph) + overhead)
+        return todo, encoded
 
     def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
         found: dict[int, _Weight] = {}
@@ -185,6 +216,8 @@ class StatqPass:
             return f"{values.size} elements, below min-size {self.config.min_size}"
         if not np.all(np.isfinite(values)):
             return "holds NaN or Inf values"
+        if values.dtype == np.float64 and np.max(np.abs(values)) > np.finfo(np.float32).max:
+            return "holds values beyond the float32 range of codebook levels"
         return None
 
     def _settings(self, w: _Weight) -> tuple[Resolved, int | None]:
@@ -198,20 +231,32 @@ class StatqPass:
             w.values, axis, bits or settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
         )
 
-    def _allocate(self, todo: list[_Weight], encoded: dict[int, EncodedTensor], report: Report) -> None:
-        """Re-encode codebook weights with per-layer bits for the average budget (explicit per-node/op bits stay)."""
+    def _allocate(
+        self, todo: list[_Weight], encoded: dict[int, EncodedTensor], report: Report, input_bytes: int
+    ) -> None:
+        """Re-encode codebook weights at per-layer widths for the configured target (explicit per-node/op bits
+        stay), and record every codebook layer's predicted error next to the one it will be measured to have."""
         free = [w for w in todo if encoded[id(w)].codebook is not None and not self._fixed_bits(w)]
-        sizes = [int(w.values.size) for w in free]
-        errors = [max(encoded[id(w)].rel_error, 1e-12) for w in free]
-        assert self.config.budget is not None
-        tables = [_table_bits(encoded[id(w)]) for w in free]
-        chosen = allocate_bits(sizes, errors, self.config.bits, self.config.budget, table_bits=tables)
-        for w, b in zip(free, chosen, strict=True):
-            if b != self.config.bits:
+        layers = [Layer(w.deferred, self._settings(w)[1], encoded[id(w)]) for w in free]  # one weight mapped at a time
+        kept = [w for w in todo if w not in free]
+        other = input_bytes - sum(int(w.values.nbytes) for w in free)
+        other -= sum(int(w.values.nbytes) - encoded[id(w)].stored_bytes for w in kept)
+        other += DECODE_BYTES * len(todo)
+        choice = choose_bits(self.config, layers, other, input_bytes)
+        target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
+        for i, (w, b, curve) in enumerate(zip(free, choice.bits, choice.predicted, strict=True)):
+            if b != encoded[id(w)].codebook.bits:  # type: ignore[union-attr]
                 encoded[id(w)] = self._encode(w, bits=b)
+            while target is not None and encoded[id(w)].rel_error > target and b < HI_BITS:
+                b += 1  # the prediction missed the target: the measurement decides, one more bit at a time
+                encoded[id(w)] = self._encode(w, bits=b)
+            choice.bits[i] = b
+            report.predicted[w.tensor.name] = curve[b]
+        sizes = [int(w.values.size) for w in free]
         report.totals["average_index_bits"] = (
-            float(np.dot(sizes, chosen) / max(sum(sizes), 1)) if sizes else float(self.config.bits)
+            float(np.dot(sizes, choice.bits) / max(sum(sizes), 1)) if sizes else float(self.config.bits)
         )
+        report.totals["allocation_target"] = choice.target
 
     def _fixed_bits(self, w: _Weight) -> bool:
         return any(
@@ -263,8 +308,9 @@ class StatqPass:
         self, w: _Weight, enc: EncodedTensor, opset: int, names: set[str], report: Report, outcome: LayerOutcome | None
     ) -> None:
         values = w.values
-        if enc.representation == "float16" and values.dtype == np.float16:
-            report.skipped.append(SkipRecord(w.tensor.name, "already float16; a codebook would not pay", values.size))
+        kept = unchanged_reason(values, enc)
+        if kept:
+            report.skipped.append(SkipRecord(w.tensor.name, kept, values.size))
             return
 
         def fresh(base: str) -> str:
@@ -292,6 +338,7 @@ class StatqPass:
                 bits=enc.codebook.bits if enc.codebook else 16,
                 k=enc.codebook.k if enc.codebook else 0,
                 rel_error=enc.rel_error,
+                predicted_rel_error=report.predicted.get(w.tensor.name),
                 bytes_before=int(values.nbytes),
                 bytes_after=enc.stored_bytes,
                 consumers=tuple(u.node.name or u.node.op for u in w.uses),
@@ -325,15 +372,61 @@ class StatqPass:
         return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
 
 
-def _table_bits(enc: EncodedTensor) -> int:
-    """Bits one codebook level costs over all groups of this encoding (16 for float16 levels, else 32)."""
-    assert enc.codebook is not None
-    return enc.codebook.groups * (16 if enc.codebook.level_dtype == "float16" else 32)
+def unchanged_reason(values: np.ndarray, enc: EncodedTensor) -> str | None:
+    """Why the rewrite leaves an encoded weight as it is, or None: a float16 weight gains nothing from float16."""
+    if enc.representation == "float16" and values.dtype == np.float16:
+        return "already float16; a codebook would not pay"
+    return None
+
+
+def _constant_bytes(graph: gs.Graph) -> int:
+    """Bytes of every constant tensor in the model, the input side of ``size_ratio``."""
+    total = 0
+    for g in _graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant):
+                total += int(np.prod(t.shape, dtype=np.int64)) * _itemsize(t.dtype)
+        for n in g.nodes:
+            if n.op == "Constant" and isinstance(n.attrs.get("value"), gs.Constant):
+                v = n.attrs["value"]
+                total += int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype)
+    return total
+
+
+def _itemsize(dtype: object) -> int:
+    """Bytes per element; graphsurgeon keeps types numpy lacks (bfloat16, float8, int4) as ONNX type numbers."""
+    if isinstance(dtype, int):
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize)
+    return int(np.dtype(dtype).itemsize)  # type: ignore[call-overload]
+
+
+def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
+    """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
+    graph = gs.import_onnx(model)
+    _restore_initializer_inputs(graph, model)
+    return graph, max(0, model.ByteSize() - _constant_bytes(graph))
+
+
+def _restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """graphsurgeon drops initializers from the graph inputs. From IR 4 on, listing one there makes it overridable
+    at run time: put it back (in the original order), so that it stays an input and the pass leaves it alone. Below
+    IR 4 every initializer had to be listed, so it says nothing; :func:`_export` lists them all again."""
+    if model.ir_version < 4 or len(graph.inputs) == len(model.graph.input):
+        return
+    tensors = graph.tensors()
+    graph.inputs = [tensors[i.name] for i in model.graph.input if i.name in tensors]
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export, then restore what graphsurgeon does not carry: model metadata, doc strings, opsets, IR version."""
     out = gs.export_onnx(graph, do_type_check=False)
+    if original.ir_version < 4:  # IR 3 wants every initializer, the new codebooks too, among the graph inputs
+        listed = {i.name for i in out.graph.input}
+        out.graph.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            for t in out.graph.initializer
+            if t.name not in listed
+        )
     for name in _MODEL_FIELDS:
         setattr(out, name, getattr(original, name))
     del out.opset_import[:]

@@ -1,0 +1,597 @@
+"""Mobile deployment: write ORT format, and check what onnxruntime (CPU, NNAPI, CoreML) makes of a model.
+
+Everything here defers to onnxruntime's own tools rather than to lists of our own:
+
+- ORT format is written by an onnxruntime session with ``session.save_model_format=ORT``, the call that
+  ``onnxruntime.tools.convert_onnx_models_to_ort`` wraps, and the reduced-build operator config by that tool's
+  ``create_config_from_models``. One difference from the tool's defaults: constant folding is off while converting.
+  Folding would decode every weight into the file, which would then be as large as the float model; the .ort keeps
+  the codebooks and indices, and the decode runs with the model (see docs/mobile.md for what that costs).
+- CPU kernels come from onnxruntime's kernel registry (``get_all_opkernel_def``).
+- NNAPI and CoreML coverage comes from ``onnxruntime.tools.mobile_helpers.usability_checker`` and the supported-op
+  tables that onnxruntime ships next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .config import QuantConfig
+from .errors import CheckFailedError, OutputError
+from .io import load_model, zipped_size
+from .report import Report
+
+__all__ = [
+    "CheckResult",
+    "EPCoverage",
+    "OpUse",
+    "check_model",
+    "format_check",
+    "ort_path",
+    "quantize_file_ort",
+    "write_ort",
+]
+
+ORT_SUFFIX = ".ort"
+CONFIG_SUFFIX = ".required_operators.config"
+# NCHWc is an x86 layout; onnxruntime's converter leaves it out for any other target, and so do we.
+_DISABLED_OPTIMIZERS = ["ConstantFolding", "NchwcTransformer"]
+_EPS = (
+    ("NNAPI", "nnapi_supported_ops.md"),
+    ("CoreML NeuralNetwork", "coreml_supported_neuralnetwork_ops.md"),
+    ("CoreML MLProgram", "coreml_supported_mlprogram_ops.md"),
+)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def ort_path(path: str | os.PathLike[str]) -> Path:
+    """Where ``--format ort`` writes: the output path with the suffix ``.ort``."""
+    return Path(path).with_suffix(ORT_SUFFIX)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's tools print progress and log at INFO; none of it belongs in our output."""
+    log = logging.getLogger("ort_format_model.utils")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _convert(onnx_file: Path, ort_file: Path, fold: bool = False) -> None:
+    """The session call inside onnxruntime's converter (Fixed style, all optimizations); constant folding off unless
+    ``fold`` (the converter's own default, which writes every decoded weight into the file)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(ort_file)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.add_session_config_entry("session.qdqisint8allowed", "0")
+    disabled = [o for o in _DISABLED_OPTIMIZERS if not (fold and o == "ConstantFolding")]
+    ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+
+
+def write_ort(
+    onnx_file: str | os.PathLike[str], dst: str | os.PathLike[str], config: bool = True, fold: bool = False
+) -> list[Path]:
+    """Convert ``onnx_file`` to ORT format at ``dst`` atomically; with ``config``, also write the operator list a
+    reduced onnxruntime build needs (``<dst stem>.required_operators.config``). Returns the files written.
+
+    ``fold=True`` converts exactly as onnxruntime's converter does, constant folding included: right for a float
+    model, but it decodes an onnx-statq model's weights into the file.
+    """
+    src, out = Path(onnx_file), Path(dst)
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory")
+    if not out.parent.is_dir():
+        raise OutputError(f"output folder {out.parent} does not exist")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-ort-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    try:
+        tmp_ort = tmpdir / out.name
+        try:
+            with _quiet():
+                _convert(src, tmp_ort, fold)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first[:300]}") from None
+        staged = [(tmp_ort, out)]
+        if config:
+            tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
+            _write_config(tmp_ort, tmp_cfg, shown_as=out)
+            staged.append((tmp_cfg, out.with_name(out.stem + CONFIG_SUFFIX)))
+        written = []
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            written.append(final)
+        return written
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_config(ort_file: Path, dst: Path, shown_as: Path) -> None:
+    """onnxruntime's required-operators config for a reduced build, naming the model as ``shown_as``."""
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    with _quiet():
+        create_config_from_models([ort_file], dst, False)
+    dst.write_text(dst.read_text().replace(str(ort_file), str(shown_as)))
+
+
+def read_config(path: Path) -> list[tuple[str, int, list[str]]]:
+    """(domain, opset, ops) lines of a required-operators config."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            domain, opset, ops = line.strip().split(";")[:3]
+            out.append((domain, int(opset), ops.split(",")))
+    return out
+
+
+def is_ort_format(path: Path) -> bool:
+    """ORT format files are flatbuffers with the file identifier ``ORTM``."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    return head[4:8] == b"ORTM"
+
+
+def quantize_file_ort(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: QuantConfig | None = None,
+    *,
+    verify: bool = True,
+    **kwargs: Any,
+) -> Report:
+    """:func:`onnx_statq.api.quantize_file`, written as ORT format at ``ort_path(dst)`` (plus the operator config).
+
+    The intermediate .onnx lives in a temporary folder next to the output and is removed; verification runs the
+    .ort file itself against the float model.
+    """
+    from .api import quantize_file
+
+    src_p, out = Path(src), ort_path(dst)
+    if out.exists() and src_p.exists() and out.resolve() == src_p.resolve():
+        raise OutputError("output path is the input model; the input is never overwritten")
+    if not out.parent.is_dir():
+        raise OutputError(f"output folder {out.parent} does not exist")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
+    try:
+        report = quantize_file(src_p, tmpdir / (out.stem + ".onnx"), config, verify=False, **kwargs)
+        produced = [Path(p) for p in report.totals["outputs"]]
+        if len(produced) > 1:
+            raise OutputError("ORT format holds at most 2 GB and no external data; use --format onnx for this model")
+        t0 = time.perf_counter()
+        written = write_ort(produced[0], out)
+        report.timings["ort_s"] = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    report.totals = {
+        **report.totals,
+        "format": "ort",
+        "onnx_bytes_after": report.totals["file_bytes_after"],
+        "file_bytes_after": written[0].stat().st_size,
+        "zipped_bytes_after": zipped_size(written[:1]),
+        "outputs": [str(p) for p in written],
+    }
+    if verify:
+        from .verify import compare
+
+        t1 = time.perf_counter()
+        try:
+            report.verify = compare(src_p, written[0])
+        except BaseException:
+            for f in written:  # a failed run leaves no output behind
+                f.unlink(missing_ok=True)
+            raise
+        report.timings["verify_s"] = time.perf_counter() - t1
+    return report
+
+
+# --- check ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpUse:
+    domain: str  # "ai.onnx" for the default domain
+    op: str
+    opset: int  # the model's opset for this domain
+    nodes: int | None  # None for an .ort file, whose operator list does not count nodes
+    # "kernel"; "initializer" (Constant: onnxruntime turns it into one when loading); "function" (expanded into ops
+    # with kernels); "local function"; "resolved at load" (no kernel listed, but the session loads); "missing"
+    cpu: str
+    nnapi: bool
+    coreml_neuralnetwork: bool
+    coreml_mlprogram: bool
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        return self.cpu != "missing"
+
+
+@dataclass(frozen=True)
+class EPCoverage:
+    """What an execution provider would take, as onnxruntime's usability checker estimates it (by op type).
+
+    The checker counts a node whose inputs have dynamic shapes as unsupported (NNAPI needs fixed shapes; CoreML
+    runs slower with them), so it is asked twice: with the shapes as declared, and as if the inputs were fixed.
+    """
+
+    ep: str
+    view: str  # "loaded": after onnxruntime's basic optimizations (our decode folded); "stored": the graph as stored
+    nodes: int
+    supported_nodes: int  # shapes as declared
+    partitions: int
+    suitability: str  # onnxruntime's verdict: YES, MAYBE or NO ("unknown" without shape information)
+    supported_nodes_fixed: int  # with every input shape fixed
+    partitions_fixed: int
+    suitability_fixed: str
+    unsupported_ops: list[str]
+    caveats: list[str]
+
+
+@dataclass
+class CheckResult:
+    model: str
+    loads: bool = False
+    load_error: str | None = None
+    runs: bool = False
+    run_error: str | None = None
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    ops: list[OpUse] = field(default_factory=list)
+    ort_format: dict[str, Any] = field(default_factory=dict)  # ok, bytes, zipped_bytes, required_operators, error
+    eps: list[EPCoverage] = field(default_factory=list)
+    file_bytes: int = 0
+    has_decode: bool = False  # the model holds onnx-statq decode subgraphs
+
+    @property
+    def missing_kernels(self) -> list[str]:
+        return [f"{o.domain}:{o.op} (opset {o.opset})" for o in self.ops if not o.runs_on_cpu]
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.missing_kernels:
+            out.append("no onnxruntime CPU kernel for " + ", ".join(self.missing_kernels))
+        if not self.loads:
+            out.append(f"onnxruntime cannot load it: {self.load_error}")
+        elif not self.runs:
+            out.append(f"onnxruntime cannot run it on random inputs: {self.run_error}")
+        if not self.ort_format.get("ok"):
+            out.append("it does not convert to ORT format")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "problems": self.problems,
+            "file_bytes": self.file_bytes,
+            "has_decode": self.has_decode,
+            "cpu": {
+                "loads": self.loads,
+                "load_error": self.load_error,
+                "runs": self.runs,
+                "run_error": self.run_error,
+                "inputs": self.inputs,
+                "missing_kernels": self.missing_kernels,
+            },
+            "ops": [asdict(o) for o in self.ops],
+            "ort_format": self.ort_format,
+            "execution_providers": [asdict(e) for e in self.eps],
+        }
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def _cpu_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """(domain, op) -> the opset ranges onnxruntime's CPU provider has a kernel for."""
+    from onnxruntime.capi import _pybind_state
+
+    table: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in _pybind_state.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            domain = "ai.onnx" if k.domain in _DEFAULT_DOMAINS else k.domain
+            lo, hi = k.version_range
+            table.setdefault((domain, k.op_name), []).append((int(lo), int(hi)))
+    return table
+
+
+def _expands_to_function(domain: str, op: str, opset: int) -> bool:
+    """An ONNX op with a function body runs in onnxruntime as that body when there is no kernel for it."""
+    try:
+        schema = onnx.defs.get_schema(op, opset, "" if domain == "ai.onnx" else domain)
+    except Exception:
+        return False
+    return bool(getattr(schema, "has_function", False) or getattr(schema, "has_context_dependent_function", False))
+
+
+def _supported_ops(filename: str) -> set[str]:
+    """domain:op entries of one of onnxruntime's supported-op tables, read by onnxruntime's own parser."""
+    from onnxruntime.tools.mobile_helpers import usability_checker
+
+    path = Path(usability_checker.__file__).parent / filename
+    checker = usability_checker._SupportedOpsChecker(path)
+    return set(checker._ops)
+
+
+def _op_uses(counts: dict[tuple[str, str, int], int | None], local: set[tuple[str, str]]) -> list[OpUse]:
+    """One row per (domain, op, opset) with its node count, CPU kernel and EP table entries."""
+    kernels = _cpu_kernels()
+    tables = [_supported_ops(f) for _, f in _EPS]
+    out = []
+    for (domain, op, opset), nodes in sorted(counts.items()):
+        if any(lo <= opset <= hi for lo, hi in kernels.get((domain, op), [])):
+            cpu = "kernel"
+        elif (domain, op) == ("ai.onnx", "Constant"):
+            cpu = "initializer"
+        elif (domain, op) in local:
+            cpu = "local function"
+        elif _expands_to_function(domain, op, opset):
+            cpu = "function"
+        else:
+            cpu = "missing"
+        name = f"{domain}:{op}"
+        out.append(OpUse(domain, op, opset, nodes, cpu, *(name in t for t in tables)))
+    return out
+
+
+def _run_cpu(path: Path, result: CheckResult) -> None:
+    import onnxruntime as ort
+
+    from .verify import random_feeds
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        result.load_error = _first_line(exc)
+        return
+    result.loads = True
+    try:
+        feeds = random_feeds(sess)
+        result.inputs = {k: list(v.shape) for k, v in feeds.items()}
+        sess.run(None, feeds)
+    except Exception as exc:
+        result.run_error = _first_line(exc)
+        return
+    result.runs = True
+
+
+def _ort_format(path: Path, tmp: Path) -> dict[str, Any]:
+    dst = tmp / (path.stem + ORT_SUFFIX)
+    try:
+        written = write_ort(path, dst)
+    except OutputError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {
+        "ok": True,
+        "bytes": dst.stat().st_size,
+        "zipped_bytes": zipped_size([dst]),
+        "required_operators": [f"{d};{v};{','.join(ops)}" for d, v, ops in read_config(written[1])],
+        "note": "converted as --format ort does: constant folding off, so an onnx-statq decode stays in the file",
+    }
+
+
+def _partition(model: onnx.ModelProto, ep: str, table: str, fixed: bool) -> Any:
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+
+    if ep == "NNAPI":
+        return uc.check_nnapi_partitions(model, fixed)
+    return uc.check_coreml_partitions(model, fixed, table)
+
+
+def _coverage(model: onnx.ModelProto, view: str) -> list[EPCoverage]:
+    """onnxruntime's estimate per EP, as its usability checker makes it: nodes whose inputs have dynamic shapes
+    count as unsupported; the verdict with fixed shapes is given beside it."""
+    try:
+        shaped: onnx.ModelProto | None = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception:
+        shaped = None
+    out = []
+    for ep, table in _EPS:
+        loose = _partition(shaped or model, ep, table, False)
+        strict = None
+        if shaped is not None:
+            with contextlib.suppress(ValueError):  # raised when there is no shape information to judge by
+                strict = _partition(shaped, ep, table, True)
+        out.append(
+            EPCoverage(
+                ep=ep,
+                view=view,
+                nodes=loose.num_nodes,
+                supported_nodes=strict.num_supported_nodes if strict else 0,
+                partitions=strict.num_partitions if strict else 0,
+                suitability=strict.suitability().name if strict else "unknown",
+                supported_nodes_fixed=loose.num_supported_nodes,
+                partitions_fixed=loose.num_partitions,
+                suitability_fixed=loose.suitability().name,
+                unsupported_ops=sorted(loose.unsupported_ops),
+                caveats=loose.supported_ops_checker.get_caveats(),
+            )
+        )
+    return out
+
+
+def _basic_optimized(path: Path, tmp: Path) -> onnx.ModelProto | None:
+    """The graph the execution providers are offered when the .onnx is loaded: after the basic optimizations,
+    constant folding (and so our decode) included; None if onnxruntime cannot load the model."""
+    from onnxruntime.tools.onnx_model_utils import optimize_model
+
+    out = tmp / "basic.onnx"
+    try:
+        optimize_model(path, out, use_external_initializers=True)
+        return onnx.load(str(out))
+    except Exception:
+        return None
+
+
+def check_model(path: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> CheckResult:
+    """Load, run on random inputs and convert ``path`` in onnxruntime; list its ops with CPU, NNAPI and CoreML
+    support. Raises only for a file that is neither ONNX nor ORT format; every other problem is in the result.
+
+    An .ort file is checked too (loads, runs, its operators); the NNAPI / CoreML estimate needs the ONNX model.
+    """
+    p = Path(path)
+    if p.is_file() and is_ort_format(p):
+        return _check_ort(p, progress)
+    model = load_model(p)
+    result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
+
+    def step(what: str) -> None:
+        if progress:
+            progress(what)
+
+    step("operators")
+    counts: dict[tuple[str, str], int] = {}
+    for g in _graphs(model.graph):
+        for n in g.node:
+            key = ("ai.onnx" if n.domain in _DEFAULT_DOMAINS else n.domain, n.op_type)
+            counts[key] = counts.get(key, 0) + 1
+    opsets = {("ai.onnx" if i.domain in _DEFAULT_DOMAINS else i.domain): int(i.version) for i in model.opset_import}
+    local = {(f.domain, f.name) for f in model.functions}
+    result.ops = _op_uses({(d, op, opsets.get(d, 0)): n for (d, op), n in counts.items()}, local)
+    step("onnxruntime CPU")
+    _run_cpu(p, result)
+    if result.loads:  # every node found a kernel: whatever the registry lookup missed is resolved by onnxruntime
+        result.ops = [replace(o, cpu="resolved at load") if o.cpu == "missing" else o for o in result.ops]
+    with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
+        step("ORT format")
+        result.ort_format = _ort_format(p, Path(tmp))
+        step("NNAPI / CoreML")
+        loaded = _basic_optimized(p, Path(tmp)) if result.loads else None
+        if loaded is not None:
+            result.eps += _coverage(loaded, "loaded")
+        result.has_decode = any(n.name.startswith("statq") for n in model.graph.node)
+        if loaded is None or result.has_decode:
+            result.eps += _coverage(model, "stored")
+    return result
+
+
+def _check_ort(p: Path, progress: Callable[[str], None] | None) -> CheckResult:
+    result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
+    with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
+        cfg = Path(tmp) / ("model" + CONFIG_SUFFIX)
+        try:
+            _write_config(p, cfg, shown_as=p)
+            lines = read_config(cfg)
+        except Exception as exc:
+            result.ort_format = {"ok": False, "error": f"onnxruntime cannot read the ORT file: {_first_line(exc)}"}
+            lines = []
+    result.ops = _op_uses({(d, op, v): None for d, v, ops in lines for op in ops}, set())
+    if progress:
+        progress("onnxruntime CPU")
+    _run_cpu(p, result)
+    if lines:
+        result.ort_format = {
+            "ok": True,
+            "bytes": result.file_bytes,
+            "zipped_bytes": zipped_size([p]),
+            "required_operators": [f"{d};{v};{','.join(ops)}" for d, v, ops in lines],
+            "note": "already ORT format; the NNAPI / CoreML estimate needs the .onnx model",
+        }
+    return result
+
+
+def format_check(res: CheckResult) -> str:
+    """The human-readable check report."""
+    lines = [f"model: {res.model} ({res.file_bytes / 1024:.1f} KB)"]
+    if res.loads and res.runs:
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in res.inputs.items())
+        lines.append(f"onnxruntime CPU: loads and runs on random inputs ({shapes})")
+    elif res.loads:
+        lines.append(f"onnxruntime CPU: loads, but fails on random inputs: {res.run_error}")
+    else:
+        lines.append(f"onnxruntime CPU: does not load: {res.load_error}")
+    rows: list[tuple[str, ...]] = [("domain:op", "opset", "nodes", "CPU", "NNAPI", "CoreML NN", "CoreML MLProgram")]
+    for o in res.ops:
+        rows.append(
+            (
+                f"{o.domain}:{o.op}",
+                str(o.opset),
+                "?" if o.nodes is None else str(o.nodes),
+                o.cpu,
+                *("yes" if x else "-" for x in (o.nnapi, o.coreml_neuralnetwork, o.coreml_mlprogram)),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows), ""]
+    f = res.ort_format
+    if f.get("ok"):
+        what = "is ORT format" if f["note"].startswith("already") else "converts"
+        lines.append(
+            f"ORT format: {what} ({f['bytes'] / 1024:.1f} KB, {f['zipped_bytes'] / 1024:.1f} KB zipped; {f['note']})"
+        )
+        lines.append("  a reduced onnxruntime build needs: " + "; ".join(f["required_operators"]))
+    else:
+        lines.append(f"ORT format: fails: {f.get('error')}")
+    if res.eps:
+        lines.append("")
+        lines.append("execution providers (onnxruntime's usability checker, by op type):")
+        for e in res.eps:
+            if e.view == "loaded":
+                where = "loaded (decode folded)" if res.has_decode else "loaded"
+            else:
+                where = "stored (decode kept, as in .ort)" if res.has_decode else "as stored"
+            lines.append(
+                f"  {e.ep:<21} {where:<33} fixed input shapes: {e.supported_nodes_fixed}/{e.nodes} nodes, "
+                f"{e.partitions_fixed} partition(s), {e.suitability_fixed}; declared shapes: "
+                f"{e.supported_nodes}/{e.nodes}, {e.suitability}"
+            )
+            if e.unsupported_ops:
+                lines.append(f"  {'':<21} {'':<33} unsupported: {', '.join(e.unsupported_ops)}")
+            if e.view == "stored":  # the decoded weights are computed, no longer initializers
+                lines += [f"  {'':<55} caveat: {c}" for c in e.caveats if "constant" in c and "eight" in c]
+    problems = res.problems
+    lines.append("")
+    lines.append("result: OK" if not problems else "result: FAILED: " + "; ".join(problems))
+    return "\n".join(lines)
+
+
+def raise_if_failed(res: CheckResult) -> None:
+    if not res.ok:
+        raise CheckFailedError("check failed: " + "; ".join(res.problems))

@@ -1,0 +1,119 @@
+"""K from statistics: the distortion model, the allocation under each target, and ``--bits auto`` end to end."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_cli import cli
+
+from onnx_statq import QuantConfig
+from onnx_statq.codebook import Method, fit
+from onnx_statq.codebook.allocate import allocate_bits, avg_bits_for_bytes, bits_for_target, stored_bits
+from onnx_statq.codebook.predict import ggd_kurtosis, predict_curve, predict_rel_error
+from onnx_statq.codebook.tensor import _encode_codebook
+from onnx_statq.errors import ConfigError
+
+ggd_table = importlib.import_module("onnx_statq.codebook.ggd_table")
+DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
+
+
+def test_table_regenerates_and_matches_known_quantizers():
+    # Lloyd-Max errors known in closed form or from the literature: Gaussian K=2 (1 - 2/pi), K=4 0.1175;
+    # Laplace K=2 exactly 0.5.
+    gauss, laplace = ggd_table.GGD_BETAS.index(2.0), ggd_table.GGD_BETAS.index(1.0)
+    assert ggd_table.GGD_ERROR[gauss][0] == pytest.approx(1 - 2 / np.pi, rel=1e-4)
+    assert ggd_table.GGD_ERROR[gauss][1] == pytest.approx(0.1175, rel=1e-3)
+    assert ggd_table.GGD_ERROR[laplace][0] == pytest.approx(0.5, rel=1e-4)
+    for beta in (0.5, 2.0):
+        row = ggd_table.GGD_BETAS.index(beta)
+        for j in (2, 4):
+            k = ggd_table.GGD_KS[j]
+            assert ggd_table.lloyd_max_error(beta, k) == pytest.approx(ggd_table.GGD_ERROR[row][j], rel=1e-5)
+    assert ggd_kurtosis(2.0) == pytest.approx(3.0) and ggd_kurtosis(1.0) == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_prediction_matches_measured_error_on_large_samples(dist, bits):
+    rng = np.random.default_rng(bits)
+    w = getattr(rng, dist)(size=(200, 300)).astype(np.float32)
+    measured = _encode_codebook(w, None, bits, Method.SIGMA, per_channel=False).rel_error
+    assert predict_rel_error(w, None, bits) == pytest.approx(measured, rel=0.1)
+
+
+def test_prediction_follows_the_finite_sample_and_exact_cases():
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((64, 576)).astype(np.float32)  # per-channel rows of a 3x3x64 conv
+    curve = predict_curve(rows, range(2, 9), half_levels=True)
+    for bits in (3, 4, 5):
+        measured = _encode_codebook(rows, 0, bits, Method.SIGMA, per_channel=True).rel_error
+        assert curve[bits] == pytest.approx(measured, rel=0.15)
+    assert all(curve[b + 1] < curve[b] for b in range(2, 8))  # more bits, less error
+    few = rng.choice(np.array([-1.0, 0.5, 2.0], np.float32), size=(1, 5000))
+    assert predict_curve(few, [2])[2] == 0.0  # three values fit in four levels: exact, as fit makes it
+    assert np.all(fit(few, 2).levels[0, :3] == np.array([-1.0, 0.5, 2.0], np.float32))
+
+
+def _curves() -> list[dict[int, float]]:
+    return [{b: e * 4.0 ** (-b) for b in range(1, 9)} for e in (1.0, 10.0, 0.1)]
+
+
+def test_allocation_meets_the_budget_and_favours_sensitive_layers():
+    sizes, tables = [10_000, 10_000, 10_000], [0, 512, 0]
+    bits = allocate_bits(sizes, _curves(), 3.0, table_bits=tables)
+    spent = sum(stored_bits(s, t, b) for s, t, b in zip(sizes, tables, bits, strict=True))
+    assert spent <= sum(stored_bits(s, t, 3.0) for s, t in zip(sizes, tables, strict=True))
+    assert bits == [2, 4, 2]  # the table doubles with each bit, so the third extra bit no longer fits
+    bits = allocate_bits(sizes, _curves(), 3.0)
+    assert bits[1] > bits[0] > bits[2] and sum(bits) == 9  # the layer with 100x the error gets the most bits
+
+
+def test_target_and_size_helpers():
+    assert bits_for_target(_curves(), 1e-3) == [5, 7, 4]
+    sizes, tables = [4096, 1000], [32, 0]
+    avg = avg_bits_for_bytes(sizes, tables, 3000.0)
+    assert avg is not None
+    assert sum(stored_bits(s, t, avg) for s, t in zip(sizes, tables, strict=True)) / 8 == pytest.approx(3000, rel=1e-6)
+    assert avg_bits_for_bytes(sizes, tables, 100.0) is None
+
+
+def test_config_targets_are_validated():
+    c = QuantConfig.from_dict({"bits": "auto", "target_sqnr": 20})
+    assert c.auto_bits and c.target_sqnr == 20 and c.budget is None
+    assert QuantConfig.from_dict(c.to_dict()) == c
+    for bad in (
+        {"bits": "auto"},
+        {"avg_bits": 3, "size_ratio": 8},
+        {"allocation": "fixed", "target_sqnr": 20},
+        {"size_ratio": 0.5},
+        {"target_sqnr": "high"},
+    ):
+        with pytest.raises(ConfigError):
+            QuantConfig.from_dict(bad)
+
+
+def test_cli_target_sqnr_is_met_by_every_layer(tmp_path):
+    out = tmp_path / "q.onnx"
+    r = cli(str(DIGITS), "-o", str(out), "--bits", "auto", "--target-sqnr", "20", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["config"]["bits"] == "auto"
+    for layer in report["layers"]:
+        assert layer["sqnr_db"] >= 20 or layer["bits"] == 8
+        assert layer["predicted_rel_error"] is not None
+
+
+def test_cli_size_ratio_is_reached_and_unreachable_ratio_is_one_line(tmp_path):
+    out = tmp_path / "q.onnx"
+    r = cli(str(DIGITS), "-o", str(out), "--bits", "auto", "--size-ratio", "9", "--json")
+    assert r.returncode == 0, r.stderr
+    totals = json.loads(r.stdout)["totals"]
+    assert totals["file_bytes_before"] / totals["file_bytes_after"] >= 9
+    bad = cli(str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--bits", "auto", "--size-ratio", "40")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "out of reach" in bad.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    assert cli(str(DIGITS), "-o", str(out), "--bits", "auto").returncode == 2

@@ -1,0 +1,141 @@
+"""Mobile: ``--format ort`` (onnxruntime's ORT format, atomically) and ``onnx-statq check``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from conftest import REPO
+from onnx import TensorProto, helper
+
+from onnx_statq.cli import main
+from onnx_statq.errors import CheckFailedError, OutputError
+from onnx_statq.mobile import check_model, format_check, is_ort_format, raise_if_failed
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _session(path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def conv_file(conv_model, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    return path
+
+
+def _with_op(model: onnx.ModelProto, domain: str, op: str) -> onnx.ModelProto:
+    """The model with ``op`` of ``domain`` applied to its output (two inputs, as ComplexMul takes)."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    out = m.graph.output[0]
+    m.graph.node.append(helper.make_node(op, [out.name, out.name], ["z"], name="odd", domain=domain))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 10]))
+    m.opset_import.append(helper.make_opsetid(domain, 1))
+    return m
+
+
+def test_format_ort_loads_and_matches_the_onnx_output(conv_file, tmp_path, rng):
+    out = tmp_path / "out"
+    out.mkdir()
+    res = invoke(str(conv_file), "-o", str(out / "q.onnx"), "--format", "ort", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert sorted(p.name for p in out.iterdir()) == ["q.ort", "q.required_operators.config"]  # no .onnx, no temp
+    ort_file = out / "q.ort"
+    assert is_ort_format(ort_file) and report["totals"]["format"] == "ort"
+    assert report["totals"]["file_bytes_after"] == ort_file.stat().st_size
+    assert report["verify"]["min_sqnr_db"] > 10  # verified on the .ort itself
+
+    assert invoke(str(conv_file), "-o", str(tmp_path / "q.onnx"), "--no-verify", "-q").exit_code == 0
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    (want,) = _session(tmp_path / "q.onnx").run(None, {"x": x})
+    (got,) = _session(ort_file).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+    # the decode stays in the file: it is much smaller than the float model in ORT format would be
+    assert ort_file.stat().st_size < 0.5 * conv_file.stat().st_size
+    config = (out / "q.required_operators.config").read_text()
+    assert "Gather" in config and "Cast" in config and ".statq" not in config
+
+
+def test_format_ort_failure_leaves_nothing(conv_model, tmp_path):
+    src = tmp_path / "odd.onnx"
+    onnx.save(_with_op(conv_model(), "com.example", "Frobnicate"), src)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = invoke(str(src), "-o", str(out / "q.onnx"), "--format", "ort", "--no-verify")
+    assert res.exit_code == OutputError.exit_code, res.output
+    assert "ORT format" in res.output and len(res.output.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
+
+
+def test_check_good_model(conv_file):
+    res = invoke("check", str(conv_file))
+    assert res.exit_code == 0, res.output
+    assert "loads and runs" in res.output and "result: OK" in res.output
+    assert any(line.startswith("ai.onnx:Conv") and "kernel" in line for line in res.output.splitlines())
+    res = invoke("check", str(conv_file), "--json")
+    data = json.loads(res.output)
+    assert data["ok"] and data["cpu"]["loads"] and data["cpu"]["runs"] and data["ort_format"]["ok"]
+    ops = {(o["domain"], o["op"]): o for o in data["ops"]}
+    assert ops["ai.onnx", "Conv"]["cpu"] == "kernel" and ops["ai.onnx", "Conv"]["nodes"] == 2
+    assert ops["ai.onnx", "Conv"]["opset"] == 13 and ops["ai.onnx", "Conv"]["nnapi"]
+    eps = {e["ep"] for e in data["execution_providers"]}
+    assert eps == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+
+
+def test_check_quantized_model_and_its_ort(conv_file, tmp_path):
+    q = tmp_path / "q.onnx"
+    assert invoke(str(conv_file), "-o", str(q), "-q", "--no-verify").exit_code == 0
+    result = check_model(q)
+    assert result.ok and result.has_decode
+    assert {e.view for e in result.eps} == {"loaded", "stored"}
+    assert {o.op for o in result.ops} >= {"Cast", "Gather", "GatherElements"}  # tensor and channel decodes
+    assert invoke(str(conv_file), "-o", str(q), "-q", "--no-verify", "--format", "ort").exit_code == 0
+    res = invoke("check", str(tmp_path / "q.ort"))
+    assert res.exit_code == 0, res.output
+    assert "is ORT format" in res.output and "loads and runs" in res.output
+
+
+@pytest.mark.parametrize("domain, op", [("com.example", "Frobnicate"), ("com.microsoft", "ComplexMul")])
+def test_check_op_without_cpu_kernel(conv_model, tmp_path, domain, op):
+    """A made-up domain's op, and a contrib op that onnxruntime knows but has no CPU kernel for."""
+    src = tmp_path / "odd.onnx"
+    onnx.save(_with_op(conv_model(), domain, op), src)
+    result = check_model(src)
+    data = result.to_dict()
+    assert not data["ok"] and not data["cpu"]["loads"] and not data["ort_format"]["ok"]
+    assert data["cpu"]["missing_kernels"] == [f"{domain}:{op} (opset 1)"]
+    row = next(line for line in format_check(result).splitlines() if line.startswith(f"{domain}:{op}"))
+    assert "missing" in row
+    with pytest.raises(CheckFailedError, match=f"no onnxruntime CPU kernel for {domain}:{op}"):
+        raise_if_failed(result)
+
+
+def test_check_failure_from_the_command_line(conv_model, tmp_path):
+    """As a user sees it: the report on stdout, one error line on stderr, exit code 10."""
+    src = tmp_path / "odd.onnx"
+    onnx.save(_with_op(conv_model(), "com.example", "Frobnicate"), src)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    res = subprocess.run(
+        [sys.executable, "-m", "onnx_statq.cli", "check", str(src)], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == CheckFailedError.exit_code == 10
+    assert "com.example:Frobnicate" in res.stdout and "result: FAILED" in res.stdout
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnx-statq: error: check failed: no onnxruntime CPU kernel for")
+    assert "Traceback" not in res.stderr
