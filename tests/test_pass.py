@@ -302,3 +302,19 @@ def test_degenerate_weights(make_model, values, expect, rng):
     assert report is not None and report.layers[0].rel_error == 0.0
     q = quantize(m, bits=4, min_size=100)
     assert np.array_equal(run(q, {"x": np.zeros((1, 64), np.float32)}, ["w"])[0], values)
+
+
+def test_bfloat16_constant_beside_a_weight_is_reported_not_fatal():
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    b = helper.make_tensor("b", TensorProto.BFLOAT16, [64], np.zeros(64, np.uint16).tobytes(), raw=True)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y0"]),
+        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["y0", "bf"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, b]), opset_imports=[helper.make_opsetid("", 17)])
+    result = StatqPass(QuantConfig(min_size=100))(model)
+    assert [r.name for r in result.report.layers] == ["w"]
+    assert any(s.name == "b" and "not a weight input" in s.reason for s in result.report.skipped)

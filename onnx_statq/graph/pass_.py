@@ -189,7 +189,7 @@ class StatqPass:
                 for i, t in enumerate(node.inputs):
                     if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
                         seen.add(id(t))
-                        if np.dtype(t.dtype) in _FLOATS:
+                        if _is_float(t.dtype):
                             size = int(np.prod(t.shape))
                             reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"
                             report.skipped.append(SkipRecord(t.name, reason, size))
@@ -393,6 +393,16 @@ def _constant_bytes(graph: gs.Graph) -> int:
     return total
 
 
+def _is_float(dtype: object) -> bool:
+    """Float types this pass reports; graphsurgeon keeps bfloat16 and float8 as ONNX type numbers."""
+    if isinstance(dtype, int):
+        return dtype in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT)
+    try:
+        return np.dtype(dtype) in _FLOATS  # type: ignore[call-overload]
+    except TypeError:
+        return False
+
+
 def _itemsize(dtype: object) -> int:
     """Bytes per element; graphsurgeon keeps types numpy lacks (bfloat16, float8, int4) as ONNX type numbers."""
     if isinstance(dtype, int):
@@ -404,7 +414,12 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
     """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
     graph = gs.import_onnx(model)
     _restore_initializer_inputs(graph, model)
-    return graph, max(0, model.ByteSize() - _constant_bytes(graph))
+    try:
+        size = model.ByteSize()
+    except Exception:  # protobuf refuses to size a message over 2 GB; only --size-ratio reads this, as a small term
+        logger.debug("model too large to size in memory; graph overhead taken as 0")
+        return graph, 0
+    return graph, max(0, size - _constant_bytes(graph))
 
 
 def _restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
