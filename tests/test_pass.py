@@ -314,7 +314,8 @@ def test_bfloat16_constant_beside_a_weight_is_reported_not_fatal():
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w, b]), opset_imports=[helper.make_opsetid("", 17)])
+    graph = helper.make_graph(nodes, "g", [x], [y], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = StatqPass(QuantConfig(min_size=100))(model)
     assert [r.name for r in result.report.layers] == ["w"]
     assert any(s.name == "b" and "not a weight input" in s.reason for s in result.report.skipped)
