@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..codebook import EncodedTensor, encode_tensor
+from ..codebook import EncodedTensor, Granularity, Representation, encode_tensor
 from ..codebook.allocate import HI_BITS
 from ..config import QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
@@ -225,10 +225,15 @@ class StatqPass:
         axes = {u.axis for u in w.uses}
         return settings, (axes.pop() if len(axes) == 1 else None)
 
-    def _encode(self, w: _Weight, bits: int | None = None) -> EncodedTensor:
+    def _encode(self, w: _Weight, bits: int | None = None, keep: EncodedTensor | None = None) -> EncodedTensor:
+        """Encode at ``bits``; with ``keep``, in ``keep``'s layout (the allocation priced that layout's tables, so
+        re-choosing it at the new width could blow the budget: float16 at 8 bits costs twice the 8-bit indices)."""
         settings, axis = self._settings(w)
+        granularity = settings.granularity
+        if keep is not None:
+            granularity = Granularity.CHANNEL if keep.representation == Representation.CHANNEL else Granularity.TENSOR
         return encode_tensor(
-            w.values, axis, bits or settings.bits, settings.method, settings.granularity, self.config.channel_tolerance
+            w.values, axis, bits or settings.bits, settings.method, granularity, self.config.channel_tolerance
         )
 
     def _allocate(
@@ -246,10 +251,10 @@ class StatqPass:
         target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
         for i, (w, b, curve) in enumerate(zip(free, choice.bits, choice.predicted, strict=True)):
             if b != encoded[id(w)].codebook.bits:  # type: ignore[union-attr]
-                encoded[id(w)] = self._encode(w, bits=b)
+                encoded[id(w)] = self._encode(w, bits=b, keep=encoded[id(w)])
             while target is not None and encoded[id(w)].rel_error > target and b < HI_BITS:
                 b += 1  # the prediction missed the target: the measurement decides, one more bit at a time
-                encoded[id(w)] = self._encode(w, bits=b)
+                encoded[id(w)] = self._encode(w, bits=b, keep=encoded[id(w)])
             choice.bits[i] = b
             report.predicted[w.tensor.name] = curve[b]
         sizes = [int(w.values.size) for w in free]
