@@ -12,7 +12,10 @@ on its float model once, then on one quantized copy per (method, granularity, bi
 Run from the repository root (a full run takes 20-40 minutes on 2 cores)::
 
     python -m benchmarks.bench_models [--quick] [--tasks digits,magika,ppocr_rec,minilm]
-        [--bits 8,4,3,2] [--methods sigma,kmeans,uniform] [--granularities auto]
+        [--bits 8,4,3,2] [--methods sigma,kmeans,uniform] [--granularities auto] [--out NAME]
+
+``--tasks`` defaults to ``benchmarks.tasks.TASKS`` and also accepts the extra tasks (ppocr_det,
+ppocr_cls), which run only when named.
 
 ``--quick`` evaluates only the first 100 samples of each task, with sigma at 4 and 3 bits, and writes
 ``models_quick.*`` so it never overwrites the full results.
@@ -42,7 +45,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_statq
-from benchmarks.tasks import TASKS
+from benchmarks.tasks import ALL_TASKS, TASKS
 from onnx_statq.api import quantize_file
 from onnx_statq.config import QuantConfig
 
@@ -85,9 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--granularities", type=lambda s: _csv(str, s), default=["auto"])
     parser.add_argument("--out", default=None, help="output name under benchmarks/results (default models)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.tasks) - set(TASKS))
+    unknown = sorted(set(args.tasks) - set(ALL_TASKS))
     if unknown:
-        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+        parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
     args.bits = args.bits or ([4, 3] if args.quick else [8, 4, 3, 2])
     args.methods = args.methods or (["sigma"] if args.quick else ["sigma", "kmeans", "uniform"])
     args.out = args.out or ("models_quick" if args.quick else "models")
@@ -147,7 +150,7 @@ def _secondary(result: dict[str, Any]) -> dict[str, float]:
 def evaluate_row(task: str, model_path: Path, limit: int | None) -> dict[str, Any]:
     """Run the task's evaluator and time it."""
     start = time.perf_counter()
-    result = TASKS[task].evaluate(str(model_path), limit=limit)
+    result = ALL_TASKS[task].evaluate(str(model_path), limit=limit)
     return {
         "metric": result["metric"],
         "value": float(result["value"]),
@@ -159,7 +162,7 @@ def evaluate_row(task: str, model_path: Path, limit: int | None) -> dict[str, An
 
 def float_row(task: str, limit: int | None) -> dict[str, Any]:
     """The reference row: the float model, its size, and ratio 1."""
-    path = Path(TASKS[task].default_model_path())
+    path = Path(ALL_TASKS[task].default_model_path())
     row = {"task": task, "variant": "float", "method": None, "granularity": None, "bits": None}
     row.update(evaluate_row(task, path, limit))
     size = path.stat().st_size
@@ -181,7 +184,7 @@ def quantized_row(task: str, variant: Variant, ref: dict[str, Any], limit: int |
     with tempfile.TemporaryDirectory(prefix="statq-bench-") as tmp:
         dst = Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        report = quantize_file(TASKS[task].default_model_path(), dst, config, verify=False)
+        report = quantize_file(ALL_TASKS[task].default_model_path(), dst, config, verify=False)
         row["quantize_total_s"] = time.perf_counter() - start
         row.update(evaluate_row(task, dst, limit))
     totals = report.totals

@@ -1,15 +1,21 @@
 """Regenerate docs/benchmarks.md from the JSON and markdown the benchmark scripts wrote.
 
 Nothing here measures anything: every figure comes from benchmarks/results/, which records the machine it ran on.
-``python -m benchmarks.make_docs`` after any of ``bench_codebook``, ``bench_size_time``, ``bench_models`` or
-``bench_calibration``.
+``python -m benchmarks.make_docs`` after any of ``bench_codebook``, ``bench_size_time``, ``bench_models``,
+``bench_calibration`` or ``bench_peers``. The peer comparison's verdicts (is onnx-statq at 4 bits smaller than every
+8-bit peer, at least as accurate as each 4-bit peer at equal or smaller size) are computed here from
+``peers.json`` by ``benchmarks.peers.report``, never typed by hand; its plots are the PNGs ``bench_peers`` drew.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # Run as a script: make `benchmarks` importable from the repository root.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,6 +79,101 @@ def size_time_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def large_section(data: dict[str, Any]) -> list[str]:
+    """Issue 6: peak memory of a model over 2 GB, and what onnxruntime needs to open a quantized one."""
+    m, r = data["machine"], data["large"]
+    gb = 1e9
+    t = r["timings"]
+    lines = [
+        "## A model over 2 GB: peak memory and time",
+        "",
+        f"`python -m benchmarks.bench_large` on {m['lscpu_model_name']} ({m['cpu_count']} cores, "
+        f"{m['ram_bytes'] / 2**30:.0f} GiB), onnxruntime {m['onnxruntime']}; load average "
+        f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end (a shared machine: the times "
+        "stretch with it, the memory does not). An LLM-shaped model written by `tests/bigmodel.py` with external "
+        f"data: {len(r['tensors'])} float32 tensors, {r['weight_bytes'] / gb:.2f} GB of weights (an embedding table "
+        "and 4096x16384 projections). `onnx-statq big.onnx -o q.onnx`, default options, verification included; peak "
+        "RSS is the CLI process's `ru_maxrss`, which counts the pages of memory-mapped weights.",
+        "",
+        "| weights | peak RSS | peak / weights | wall | output | zipped before -> after | output SQNR |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['weight_bytes'] / gb:.2f} GB | {r['peak_rss_bytes'] / gb:.2f} GB | {r['peak_rss_ratio']:.2f}x "
+        f"| {r['wall_s']:.0f} s | {r['file_bytes_after'] / gb:.3f} GB ({', '.join(r['outputs'])}) "
+        f"| {r['zipped_bytes_before'] / gb:.2f} -> {r['zipped_bytes_after'] / gb:.3f} GB "
+        f"| {r['verify'].get('min_sqnr_db', float('nan')):.1f} dB |",
+        "",
+        "Time per stage: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()) + " (the input's zipped size is "
+        "computed alongside the pass). The pass maps one weight at a time from the data file; the peak is the "
+        "encoding of the largest tensor (several times its size in temporaries) on top of the indices encoded so "
+        "far (one byte per weight until the graph is written). Verification holds one model at a time; for a float "
+        "model over 256 MB it runs without onnxruntime's constant folding, and says so.",
+        "",
+    ]
+    p = data.get("session_probe")
+    if p:
+        lines += [
+            f"Opening a quantized model in onnxruntime ({p['weight_bytes'] / gb:.2f} GB of float weights, the same "
+            "shapes), peak RSS over the float weight bytes: the float model "
+            f"{p['float']['ratio']:.2f}x; the quantized model with default options {p['fold']['ratio']:.2f}x, "
+            "because constant folding evaluates every decode at session creation and holds the intermediates; with "
+            f"`disabled_optimizers=[\"ConstantFolding\"]` {p['nofold']['ratio']:.2f}x, decoding at each run "
+            "instead. For large models, open the output without constant folding or budget for the folding peak.",
+            "",
+        ]
+    return lines
+
+
+PEERS = "peers.json"
+PEERS_TITLE = "onnx-statq against onnxruntime's and onnxsim's quantizers (`python -m benchmarks.bench_peers`)"
+
+
+def peers_verdict_section(data: dict[str, Any]) -> list[str]:
+    """The written comparison near the top of the page: one bullet per model and check, from the JSON."""
+    from benchmarks.peers import report
+
+    rows = report.derive(data["rows"])
+    m = data["machine"]
+    return [
+        "## onnx-statq at 4 bits against the peers, plainly",
+        "",
+        "Computed by `benchmarks/make_docs.py` from `benchmarks/results/peers.json` (measured on "
+        f"{m.get('lscpu_model_name')}, {m.get('date')}; tables and plots in the last section). For each model: (a) is "
+        "onnx-statq at 4 bits (data-free, default options) smaller than every 8-bit peer; (b) is it at least as "
+        "accurate as onnxruntime's 4-bit MatMulNBits quantizer and onnxsim's K-means and NF4, at equal or smaller "
+        "file size. Accuracy is the task's main metric on the full evaluation set; ties count as at least as "
+        "accurate.",
+        "",
+        *report.verdict_lines(rows),
+    ]
+
+
+def peers_section(data: dict[str, Any]) -> list[str]:
+    """Tables per model with the plots bench_peers drew (linked, relative to docs/)."""
+    from benchmarks.peers import report
+
+    plot_dir = RESULTS / "plots" / Path(PEERS).stem
+    plots = {
+        model: f"../benchmarks/results/plots/{plot_dir.name}/{model}.png"
+        for model in report.models_in(data["rows"])
+        if (plot_dir / f"{model}.png").exists()
+    }
+    return [f"## {PEERS_TITLE}", "", report.markdown(data, plots, level=2, with_verdicts=False).strip(), ""]
+
+
+ALLOC = "alloc.json"
+ALLOC_TITLE = "Bits per layer from statistics (issue 4; `python -m benchmarks.bench_alloc`)"
+
+
+def alloc_section(data: dict[str, Any] | None) -> list[str]:
+    """Prediction accuracy, the cost of choosing K against a k-means sweep, and auto against uniform 3 bits: the
+    tables and verdicts ``bench_alloc`` computes from ``alloc.json`` (the same renderer prints them after a run)."""
+    if data is None:
+        return [f"## {ALLOC_TITLE}", "", f"(not run yet: `{ALLOC}` is missing)", ""]
+    from benchmarks.bench_alloc import markdown_lines
+
+    return [f"## {ALLOC_TITLE}", "", *markdown_lines(data), ""]
+
+
 def verbatim(name: str, title: str) -> list[str]:
     p = RESULTS / name
     if not p.exists():
@@ -82,14 +183,31 @@ def verbatim(name: str, title: str) -> list[str]:
 
 def main() -> None:
     parts = [INTRO.read_text().strip(), ""]
+    peers = _load(PEERS)
+    if peers is not None:
+        parts += peers_verdict_section(peers)
     if (cb := _load("codebook.json")) is not None:
         parts += codebook_section(cb)
     if (st := _load("size_time.json")) is not None:
         parts += size_time_section(st)
+    if (lg := _load("large.json")) is not None:
+        parts += large_section(lg)
     parts += verbatim(
         "models_default.md",
         "Task metrics, data-free, default options (`python -m benchmarks.bench_models --methods sigma "
-        "--bits 4,3,2 --out models_default`)",
+        "--bits 8,4,3,2 --out models_default`)",
+    )
+    parts += verbatim(
+        "models_other.md",
+        "Other real models of the same kinds: PP-OCRv6 detection and the PP-OCR direction classifier, data-free "
+        "(`python -m benchmarks.bench_models --tasks ppocr_det,ppocr_cls --methods sigma --bits 8,4,3,2 "
+        "--out models_other`)",
+    )
+    parts += verbatim(
+        "granularity_channel.md",
+        "One codebook per output channel everywhere, at the same budget (`python -m benchmarks.bench_models "
+        "--tasks magika,ppocr_rec,minilm --methods sigma --granularities channel --bits 3,2 --out "
+        "granularity_channel`)",
     )
     parts += verbatim(
         "models.md",
@@ -97,6 +215,16 @@ def main() -> None:
         "became the default; `python -m benchmarks.bench_models`)",
     )
     parts += verbatim("calibration.md", "Task metrics with calibration (`python -m benchmarks.bench_calibration`)")
+    parts += verbatim(
+        "calibration_other.md",
+        "Calibration on the other models (`python -m benchmarks.bench_calibration --tasks ppocr_det,ppocr_cls "
+        "--bits 4,3 --out calibration_other`)",
+    )
+    parts += alloc_section(_load(ALLOC))
+    if peers is not None:
+        parts += peers_section(peers)
+    else:
+        parts += [f"## {PEERS_TITLE}", "", f"(not run yet: `{PEERS}` is missing)", ""]
     OUT.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
 

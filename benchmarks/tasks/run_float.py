@@ -18,7 +18,7 @@ from pathlib import Path
 if not __package__:  # Run as a script: import the package from the repo root, not this folder,
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # where tasks/magika.py would shadow magika.
 
-from benchmarks.tasks import TASKS
+from benchmarks.tasks import ALL_TASKS, TASKS
 
 
 def _format(value: object) -> str:
@@ -32,7 +32,7 @@ def run(names: list[str], limit: int | None) -> list[dict]:
     for name in names:
         start = time.perf_counter()
         try:
-            result = TASKS[name].evaluate(str(TASKS[name].default_model_path()), limit=limit)
+            result = ALL_TASKS[name].evaluate(str(ALL_TASKS[name].default_model_path()), limit=limit)
         except Exception as exc:
             result = {"metric": "error", "value": f"{type(exc).__name__}: {exc}", "n": 0}
         rows.append({"task": name, **result, "seconds": time.perf_counter() - start})
@@ -52,7 +52,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit code 1 if any task failed."""
     parser = argparse.ArgumentParser(description="Float-model results of every benchmark task.")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=sorted(ALL_TASKS), default=list(TASKS))
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     args = parser.parse_args(argv)
     rows = run(args.tasks, args.limit)
