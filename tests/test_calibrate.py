@@ -33,9 +33,25 @@ def test_sequential_beats_independent_beats_data_free(digits, bits):
     assert scores["sequential"] > scores["independent"] > scores["none"]
 
 
-def test_calibrated_model_matches_executor_stream(digits):
-    """The graph the pass writes computes what the quantized stream computed during calibration."""
+def _as_constant_nodes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every initializer moved into a Constant node at the top, as some exporters write it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in out.graph.initializer]
+    del out.graph.initializer[:]
+    nodes = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(consts + nodes)
+    onnx.checker.check_model(out)
+    return out
+
+
+@pytest.mark.parametrize("constants", [False, True], ids=["initializers", "constant-nodes"])
+def test_calibrated_model_matches_executor_stream(digits, constants):
+    """The graph the pass writes computes what the quantized stream computed during calibration; with weights in
+    Constant nodes too, which run before the first calibrated layer and used to keep the stream float."""
     m, _, _ = digits
+    m = _as_constant_nodes(m) if constants else m
     feeds = load_calibration(CALIB, model_inputs(m), 16)
     r = StatqPass(QuantConfig(bits=3), refiner=lambda mm, plans: calibrate(mm, feeds, plans, "sequential"))(m)
     onnx.checker.check_model(r.model)

@@ -69,8 +69,16 @@ class StreamExecutor:
         return last
 
     def set_quantized(self, name: str, value: np.ndarray) -> None:
-        """Replace a weight in the quantized stream from now on."""
+        """Replace a weight in the quantized stream from now on.
+
+        A weight from a Constant node that has already run sits in the stream's tensors, so it is replaced there too:
+        otherwise every later segment would read the float value (the quantized stream of a model with its weights in
+        Constant nodes would stay float, and sequential calibration would fit against the wrong inputs).
+        """
         self.overrides[name] = value
+        for env in self.quant_env:
+            if name in env:
+                env[name] = value
 
     def can_add_bias(self, index: int) -> bool:
         node = self.nodes[index]
