@@ -101,7 +101,7 @@ def choose_bits(config: QuantConfig, layers: Sequence[Layer], other_bytes: int, 
     # ``bits`` is an average that includes the codebooks beyond one float32 codebook per layer: per-channel tables
     # are paid for with index bits, so 4 bits gives about the same size whatever the representation. Up to one bit
     # per weight: beyond that (many channels, few weights each) the tables would starve the indices
-    # (docs/method.md, "Bit allocation").
+    # (docs/method.md, "Choosing the widths").
     allowance = sum(sizes) * budget + len(sizes) * 32 * 2.0**budget
     avg = avg_bits_for_bytes(sizes, tables, allowance / 8)
     avg = max(avg if avg is not None else LO_BITS, min(budget, max(LO_BITS, budget - TABLE_SHARE_BITS)))
