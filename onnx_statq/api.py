@@ -125,17 +125,23 @@ def quantize_file(
         "outputs": [str(p) for p in written],
     }
     if verify:
-        from .verify import compare  # onnxruntime is only needed when verifying
-
-        t4 = time.perf_counter()
-        try:
-            report.verify = compare(src_p, written[0])
-        except BaseException:
-            for p in written:  # a failed run leaves no output behind
-                p.unlink(missing_ok=True)
-            raise
-        report.timings["verify_s"] = time.perf_counter() - t4
+        verify_written(report, src_p, written)
     return report
+
+
+def verify_written(report: Report, src: Path, written: list[Path]) -> None:
+    """Compare ``written[0]`` with ``src`` in onnxruntime; a failed check removes every written file, so a failed
+    run leaves no output behind."""
+    from .verify import compare  # onnxruntime is only needed when verifying
+
+    t0 = time.perf_counter()
+    try:
+        report.verify = compare(src, written[0])
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    report.timings["verify_s"] = time.perf_counter() - t0
 
 
 def _lazy(calib: Any, calib_mode: CalibrationMode | str) -> bool:

@@ -200,16 +200,9 @@ def quantize_file_ort(
         "outputs": [str(p) for p in written],
     }
     if verify:
-        from .verify import compare
+        from .api import verify_written
 
-        t1 = time.perf_counter()
-        try:
-            report.verify = compare(src_p, written[0])
-        except BaseException:
-            for f in written:  # a failed run leaves no output behind
-                f.unlink(missing_ok=True)
-            raise
-        report.timings["verify_s"] = time.perf_counter() - t1
+        verify_written(report, src_p, written)
     return report
 
 
