@@ -1,8 +1,21 @@
 """Emit the ONNX nodes that turn stored codebook + packed indices back into the weight.
 
-Only ops that onnxruntime's CPU provider implements from opset 7 (11 for GatherElements) and that onnxruntime
-folds at session creation: Cast, Div, Mul, Sub, Add, Reshape, Concat, Gather, GatherElements, Transpose. The decoded
-tensor therefore costs nothing at run time, and equals ``EncodedTensor.decoded()`` bit for bit.
+onnxruntime constant-folds the decode when it creates a session, and it materialises every intermediate tensor of
+the fold at once: the session-creation peak is the float model plus the sum of those intermediates. The decode is
+therefore built so that per weight element only a few bytes of intermediates exist, and none is a full-size int32
+or float tensor that is not needed:
+
+- the bit fields are never unpacked with arithmetic on the large tensor. A table over the 256 byte values (built in
+  the graph from ``Range``, a few hundred elements) is indexed by the packed bytes (one int32 per *byte*), so each
+  index costs 1 byte (uint8) before the final lookup;
+- a one-field tensor codebook (1, 2, 4 bits) goes further: its table holds the *levels* of each field of each byte
+  value, and a single Gather on the bytes yields the float weight with no per-element index at all;
+- a per-channel codebook gathers from the flattened levels at ``channel * K + index``; the indices are packed in the
+  weight's own order, so the Gather's output already has the weight's shape (no Reshape or Transpose of floats).
+
+Only ops that onnxruntime's CPU provider implements at the model's opset, from opset 7: Cast, Div, Mul, Sub, Add,
+Reshape, Concat, Gather; Mod from 10 and Range from 11 (older opsets store the small tables as constants instead).
+The decoded tensor equals ``EncodedTensor.decoded()`` bit for bit.
 """
 
 from __future__ import annotations
@@ -13,12 +26,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..codebook import EncodedTensor, Representation, pack
-from ..codebook.packing import PackedIndices
+from ..codebook.packing import PackedIndices, Plane
 
 __all__ = ["MIN_OPSET", "emit_decode"]
 
 MIN_OPSET = 7
 _ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.int32): 6}
+_INT32, _UINT8 = 6, 2
+_RANGE_OPSET = 11  # Range; below it the 256 byte values and the channel offsets are stored
+_MOD_OPSET = 10  # Mod on int32; below it the field mask is Div/Mul/Sub
+_UINT8_ADD_OPSET = 14  # Add on uint8; below it indices split over several planes are summed in int32
 
 
 class _Builder:
@@ -28,13 +45,15 @@ class _Builder:
     weight's name cost measurable bytes in the file that the pass is trying to shrink.
     """
 
-    def __init__(self, base: str, fresh: Callable[[str], str]) -> None:
+    def __init__(self, base: str, fresh: Callable[[str], str], opset: int) -> None:
         self.base = base
         self.fresh = fresh
+        self.opset = opset
         self.nodes: list[gs.Node] = []
 
     def const(self, tag: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh(f"{self.base}.{tag}"), np.ascontiguousarray(value))
+        # np.ascontiguousarray would turn a scalar into shape [1], which Range refuses
+        return gs.Constant(self.fresh(f"{self.base}.{tag}"), np.require(value, requirements="C"))
 
     def op(
         self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None
@@ -44,29 +63,110 @@ class _Builder:
         self.nodes.append(gs.Node(op, self.fresh(f"{self.base}/{tag}"), attrs or {}, inputs, [result]))
         return result
 
+    def shape(self, tag: str, dims: tuple[int, ...] | list[int]) -> gs.Constant:
+        return self.const(tag, np.array(dims, np.int64))
 
-def _unpack(b: _Builder, packed: PackedIndices) -> gs.Variable:
-    """int32 indices, in the order of :func:`onnx_statq.codebook.unpack`."""
-    parts: list[gs.Variable] = []
-    total: gs.Variable | None = None
-    for k, p in enumerate(packed.planes):
-        data = b.op("Cast", [b.const(f"plane{k}", p.data.reshape(1, -1))], {"to": 6})
-        if p.width == 8:
-            fields = b.op("Reshape", [data, b.const(f"flat{k}", np.array([-1], np.int64))])
-        else:
-            div = b.const(f"div{k}", (1 << (p.width * np.arange(p.per_byte, dtype=np.int32)))[:, None])
-            q = b.op("Div", [data, div])
-            base = b.const(f"base{k}", np.array(1 << p.width, np.int32))
-            high = b.op("Mul", [b.op("Div", [q, base]), base])
-            fields = b.op("Reshape", [b.op("Sub", [q, high]), b.const(f"flat{k}", np.array([-1], np.int64))])
-        if p.shift:
-            fields = b.op("Mul", [fields, b.const(f"shift{k}", np.array(1 << p.shift, np.int32))])
-        total = fields if total is None else b.op("Add", [total, fields])
-    if total is not None:
-        parts.append(total)
+    def arange(self, tag: str, stop: int, step: int) -> gs.Tensor:
+        """int32 ``[0, step, ..., stop - step]``: three scalars with Range, else stored (only small ranges)."""
+        if self.opset >= _RANGE_OPSET:
+            scalars = [self.const(f"{tag}{i}", np.array(v, np.int32)) for i, v in enumerate((0, stop, step))]
+            return self.op("Range", scalars)
+        return self.const(tag, np.arange(0, stop, step, dtype=np.int32))
+
+
+def _byte_fields(b: _Builder, p: Plane) -> gs.Variable:
+    """int32 ``[per_byte, 256]``: field ``j`` of every byte value, in :func:`pack`'s field order.
+
+    Computed on the 256 byte values, not on the weight: the arithmetic costs a few KB whatever the tensor's size.
+    """
+    if b.opset >= _RANGE_OPSET:
+        values: gs.Tensor = b.arange("bytes", 256, 1)
+    else:  # 256 bytes stored as uint8 rather than 1 KB of int32
+        values = b.op("Cast", [b.const("bytes", np.arange(256, dtype=np.uint8))], {"to": _INT32})
+    div = b.const("div", (1 << (p.width * np.arange(p.per_byte, dtype=np.int32)))[:, None])
+    q = b.op("Div", [values, div])
+    base = b.const("base", np.array(1 << p.width, np.int32))
+    if b.opset >= _MOD_OPSET:
+        return b.op("Mod", [q, base])
+    return b.op("Sub", [q, b.op("Mul", [b.op("Div", [q, base]), base])])
+
+
+def _bytes_i32(b: _Builder, k: int, p: Plane) -> gs.Variable:
+    """The packed bytes as int32 (Gather takes int32/int64 indices): 4 bytes per byte, not per index."""
+    return b.op("Cast", [b.const(f"plane{k}", p.data)], {"to": _INT32})
+
+
+def _plane_indices(b: _Builder, k: int, p: Plane, to: int) -> gs.Variable:
+    """This plane's contribution ``field << shift`` to every index, in element order once flattened, as ``to``."""
+    if p.width == 8:
+        data: gs.Tensor = b.const(f"plane{k}", p.data)
+        return data if to == _UINT8 else b.op("Cast", [data], {"to": to})
+    fields = _byte_fields(b, p)
+    if p.shift:
+        fields = b.op("Mul", [fields, b.const(f"shift{k}", np.array(1 << p.shift, np.int32))])
+    lut = b.op("Cast", [fields], {"to": to}) if to != _INT32 else fields
+    # [per_byte, m]: row j holds field j of every byte, i.e. elements j*m .. j*m+m-1 in pack's order
+    return b.op("Gather", [lut, _bytes_i32(b, k, p)], {"axis": 1})
+
+
+def _indices(b: _Builder, packed: PackedIndices, shape: tuple[int, ...]) -> gs.Variable:
+    """int32 indices in the weight's shape, in the order of :func:`onnx_statq.codebook.unpack`.
+
+    They stay uint8 until the last step (an Add of planes on uint8 needs opset 14; older opsets add in int32), so
+    the only full-size int32 tensor is the one the final Gather needs.
+    """
+    if len(packed.planes) == 1 and packed.planes[0].width == 8:  # whole bytes: stored in the weight's shape
+        return b.op("Cast", [b.const("plane0", packed.planes[0].data.reshape(shape))], {"to": _INT32})
+    to = _INT32 if len(packed.planes) > 1 and b.opset < _UINT8_ADD_OPSET else _UINT8
+    parts = [_plane_indices(b, k, p, to) for k, p in enumerate(packed.planes)]
+    if len(parts) > 1 or packed.tail.size:  # planes differ in shape: add them flat (one plane goes to shape at once)
+        parts = [b.op("Reshape", [part, b.shape(f"flat{k}", [-1])]) for k, part in enumerate(parts)]
+    total: gs.Tensor | None = None
+    for part in parts:
+        total = part if total is None else b.op("Add", [total, part])
     if packed.tail.size:
-        parts.append(b.op("Cast", [b.const("tail", packed.tail)], {"to": 6}))
-    return parts[0] if len(parts) == 1 else b.op("Concat", list(parts), {"axis": 0})
+        tail: gs.Tensor = b.const("tail", packed.tail)
+        if to != _UINT8:
+            tail = b.op("Cast", [tail], {"to": to})
+        total = tail if total is None else b.op("Concat", [total, tail], {"axis": 0})
+    assert total is not None  # a weight has at least one element
+    idx = b.op("Reshape", [total, b.shape("shape", shape)])
+    return idx if to == _INT32 else b.op("Cast", [idx], {"to": _INT32})
+
+
+def _levels(b: _Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "flat") -> gs.Tensor:
+    """The levels in ``dtype``, stored in the codebook's level type: ``flat`` ``[G * K]``, ``rows`` ``[G, K]`` or
+    ``columns`` ``[K, G]`` (the layouts GatherElements needs for a channel axis first or last)."""
+    assert enc.codebook is not None
+    cb = enc.codebook
+    store = np.float16 if cb.level_dtype == "float16" else np.float32
+    table = {"flat": cb.levels.reshape(-1), "rows": cb.levels, "columns": cb.levels.T}[layout]
+    levels: gs.Tensor = b.const("levels", table.astype(store))
+    if np.dtype(store) != np.dtype(dtype):
+        levels = b.op("Cast", [levels], {"to": _ONNX_TYPES[np.dtype(dtype)]})
+    return levels
+
+
+def _decode_byte_table(
+    b: _Builder, levels: gs.Tensor, packed: PackedIndices, enc: EncodedTensor, target: gs.Variable
+) -> None:
+    """One-field tensor codebook: Gather the float levels of every field straight from the bytes.
+
+    ``table[j, byte]`` is the level of field ``j`` of ``byte``; ``Gather(table, bytes, axis=1)`` is then the weight
+    in pack's element order, with no per-element index ever materialised.
+    """
+    (p,) = packed.planes
+    table = b.op("Gather", [levels, _byte_fields(b, p)], {"axis": 0})
+    rows = b.op("Gather", [table, _bytes_i32(b, 0, p)], {"axis": 1})
+    b.op("Reshape", [rows, b.shape("shape", enc.shape)], out=target)
+
+
+def _channel_offsets(b: _Builder, enc: EncodedTensor) -> gs.Tensor:
+    """int32 ``c * K`` shaped ``[C, 1, ...]`` to broadcast over the weight's dimensions after the channel axis."""
+    assert enc.codebook is not None and enc.axis is not None
+    c, k = enc.codebook.groups, enc.codebook.k
+    offsets = b.arange("offsets", c * k, k)
+    return b.op("Reshape", [offsets, b.shape("offsets_shape", [c] + [1] * (len(enc.shape) - enc.axis - 1))])
 
 
 def emit_decode(
@@ -78,38 +178,37 @@ def emit_decode(
     prefix: str = "statq",
 ) -> list[gs.Node]:
     """Nodes whose last output is ``target``, holding the decoded weight in ``dtype``."""
-    b = _Builder(prefix, fresh)
-    to = _ONNX_TYPES[np.dtype(dtype)]
+    b = _Builder(prefix, fresh, opset)
     if enc.representation == Representation.FLOAT16:
         assert enc.half is not None
-        b.op("Cast", [b.const("half", enc.half)], {"to": to}, out=target)
+        b.op("Cast", [b.const("half", enc.half)], {"to": _ONNX_TYPES[np.dtype(dtype)]}, out=target)
         return b.nodes
     assert enc.codebook is not None and enc.indices is not None
     cb = enc.codebook
-    store = np.float16 if cb.level_dtype == "float16" else np.float32
-    table = cb.levels.reshape(-1) if enc.representation == Representation.TENSOR else cb.levels
-    levels: gs.Tensor = b.const("levels", table.astype(store))
-    if np.dtype(store) != np.dtype(dtype):
-        levels = b.op("Cast", [levels], {"to": to})
-    idx = _unpack(b, pack(enc.indices.ravel(), cb.bits))
     if enc.representation == Representation.TENSOR:
-        flat = b.op("Gather", [levels, idx], {"axis": 0})
-        b.op("Reshape", [flat, b.const("shape", np.array(enc.shape, np.int64))], out=target)
+        levels = _levels(b, enc, dtype)
+        packed = pack(enc.indices.ravel(), cb.bits)
+        one = packed.planes[0] if len(packed.planes) == 1 else None
+        if one is not None and one.width < 8 and not packed.tail.size and cb.k >= 1 << one.width:
+            _decode_byte_table(b, levels, packed, enc, target)
+        else:
+            b.op("Gather", [levels, _indices(b, packed, enc.shape)], {"axis": 0}, out=target)
         return b.nodes
     assert enc.axis is not None
-    c, n = enc.indices.shape
-    grid = b.op("Reshape", [idx, b.const("grid", np.array([c, n], np.int64))])
-    if opset >= 11:
-        rows = b.op("GatherElements", [levels, grid], {"axis": 1})
-    else:
-        offsets = b.const("offsets", (np.arange(c, dtype=np.int32) * cb.k)[:, None])
-        flat_levels = b.op("Reshape", [levels, b.const("levels_flat", np.array([-1], np.int64))])
-        rows = b.op("Gather", [flat_levels, b.op("Add", [grid, offsets])], {"axis": 0})
-    moved = (enc.shape[enc.axis], *tuple(s for i, s in enumerate(enc.shape) if i != enc.axis))
-    if enc.axis == 0:
-        b.op("Reshape", [rows, b.const("shape", np.array(moved, np.int64))], out=target)
+    # indices in the weight's own order (not the [C, n] group view), so the Gather yields the weight's layout
+    natural = np.moveaxis(enc.indices.reshape(_moved(enc.shape, enc.axis)), 0, enc.axis)
+    packed = pack(natural.ravel(), cb.bits)
+    if opset >= 11 and len(enc.shape) == 2:
+        # GatherElements picks each element's level in its own channel with no offset tensor (one int32 copy less)
+        levels = _levels(b, enc, dtype, "rows" if enc.axis == 0 else "columns")
+        gather_axis = 1 - enc.axis
+        b.op("GatherElements", [levels, _indices(b, packed, enc.shape)], {"axis": gather_axis}, out=target)
         return b.nodes
-    block = b.op("Reshape", [rows, b.const("shape", np.array(moved, np.int64))])
-    perm = [*list(range(1, enc.axis + 1)), 0, *list(range(enc.axis + 1, len(enc.shape)))]
-    b.op("Transpose", [block], {"perm": perm}, out=target)
+    key = b.op("Add", [_indices(b, packed, enc.shape), _channel_offsets(b, enc)])
+    b.op("Gather", [_levels(b, enc, dtype), key], {"axis": 0}, out=target)
     return b.nodes
+
+
+def _moved(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """``shape`` with the channel axis first: the group view's layout before it is flattened to ``[C, n]``."""
+    return (shape[axis], *tuple(s for i, s in enumerate(shape) if i != axis))
