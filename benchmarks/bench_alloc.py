@@ -30,8 +30,11 @@ Outputs, rewritten after every step so an interrupted run keeps what it measured
 Run from the repository root (a full run takes about an hour on 2 shared cores)::
 
     python -m benchmarks.bench_alloc [--quick] [--tasks digits,magika,ppocr_rec,minilm] [--out alloc] [--no-det]
+                                     [--prediction-only]
 
-``--quick``: first 100 evaluation samples, tasks digits, magika, ppocr_rec, no PP-OCRv6 det.
+``--quick``: first 100 evaluation samples, tasks digits, magika, ppocr_rec, no PP-OCRv6 det. ``--prediction-only``:
+part (a) and the cost side of (b) (a few minutes); the task metrics of (b) and (c) are carried over from the existing
+JSON and marked so in the tables.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=lambda s: _csv(str, s), default=None)
     parser.add_argument("--no-det", action="store_true", help="leave PP-OCRv6 det out of parts (a) and (b)")
     parser.add_argument("--out", default=None, help="output name under benchmarks/results (default alloc)")
+    parser.add_argument(
+        "--prediction-only",
+        action="store_true",
+        help="part (a) and the cost side of (b) only; the task metrics of (b) and (c) are carried over from the "
+        "existing output file, marked as such",
+    )
     args = parser.parse_args(argv)
     if args.tasks is None:
         args.tasks = list(QUICK_TASKS if args.quick else TASKS)
@@ -244,7 +253,13 @@ def _given_curves(layers: list[Layer], curves: list[dict[int, float]]) -> Iterat
     """``choose_bits`` reads each layer's curve through ``allocation.layer_curve``: hand it these curves instead."""
     by_layer = {id(la): c for la, c in zip(layers, curves, strict=True)}
     original = allocation.layer_curve
-    allocation.layer_curve = lambda layer: by_layer[id(layer)]
+
+    def given(layer: Layer, enc: Any = None) -> dict[int, float]:
+        # the plan's layout gets the given curve; another layout (none here: Layer has no alternatives) its own
+        same = enc is None or enc.representation == layer.encoded.representation
+        return by_layer[id(layer)] if same else original(layer, enc)
+
+    allocation.layer_curve = given
     try:
         yield
     finally:
@@ -572,6 +587,22 @@ def run_task(task: str, args: argparse.Namespace, res: Results) -> None:
     auto = next(r for r in avg3["rows"] if r["setting"] == "auto avg 3.0" and not r["calibrated"])
     stats_row = entry["rows"][2]
     entry["stats_equals_auto"] = auto.get("layer_bits") == stats_row.get("layer_bits")
+    res.save()
+
+
+def run_prediction_only(args: argparse.Namespace, res: Results) -> None:
+    """Part (a) and (b)'s cost and choices on every model; (b)'s task rows and (c) carried over, marked."""
+    old = json.loads(res.path.read_text(encoding="utf-8")) if res.path.is_file() else {}
+    old_rows = {e["task"]: e.get("rows", []) for e in old.get("choice", [])}
+    for task in args.tasks:
+        _, choice = analyse_model(task, Path(TASKS[task].default_model_path()), res)
+        res.data["choice"].append({"task": task, **choice, "rows": old_rows.get(task, [])})
+        print_choice(res.data["choice"][-1], res.data["cost"][-1])
+    res.data["avg3"] = old.get("avg3", [])
+    res.data["carried_over"] = {
+        "parts": "(b) task metrics, (c)",
+        "from": {k: old.get("machine", {}).get(k) for k in ("commit", "code_hash", "date")},
+    }
     res.save()
 
 
@@ -906,6 +937,14 @@ def markdown_lines(data: dict[str, Any]) -> list[str]:
             f"\nThe library's sources changed during the run (digest {m.get('code_hash')} -> {m['code_hash_end']}); "
             "the numbers are those of the code loaded at the start."
         )
+    if data.get("carried_over"):
+        c = data["carried_over"]
+        lines.append(
+            f"\n**Rerun with `--prediction-only`: part (a) and the timings and choices of (b) are from this run; "
+            f"{c['parts']} are carried over from the run of {c['from'].get('date')} (commit "
+            f"{c['from'].get('commit')}, library digest {c['from'].get('code_hash')}), made with the predictor of "
+            "that time.**"
+        )
     if data.get("limit") is not None:
         lines.append(f"\n**Quick run: only the first {data['limit']} evaluation samples; indicative only.**")
     lines += ["", "**Verdicts against issue 4's criteria:**", ""]
@@ -984,8 +1023,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     res = Results(args, machine)
     start = time.perf_counter()
-    for task in args.tasks:
-        run_task(task, args, res)
+    if args.prediction_only:
+        run_prediction_only(args, res)
+    else:
+        for task in args.tasks:
+            run_task(task, args, res)
     if args.det:
         run_det(res)
     res.data["machine"]["wall_s"] = time.perf_counter() - start

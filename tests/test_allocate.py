@@ -13,7 +13,7 @@ from test_cli import cli
 from onnx_statq import QuantConfig
 from onnx_statq.codebook import Method, fit
 from onnx_statq.codebook.allocate import allocate_bits, avg_bits_for_bytes, bits_for_target, stored_bits
-from onnx_statq.codebook.predict import ggd_kurtosis, predict_curve, predict_rel_error
+from onnx_statq.codebook.predict import finite_sample, ggd_kurtosis, predict_curve, predict_rel_error
 from onnx_statq.codebook.tensor import _encode_codebook
 from onnx_statq.errors import ConfigError
 
@@ -56,6 +56,37 @@ def test_prediction_follows_the_finite_sample_and_exact_cases():
     few = rng.choice(np.array([-1.0, 0.5, 2.0], np.float32), size=(1, 5000))
     assert predict_curve(few, [2])[2] == 0.0  # three values fit in four levels: exact, as fit makes it
     assert np.all(fit(few, 2).levels[0, :3] == np.array([-1.0, 0.5, 2.0], np.float32))
+
+
+def test_finite_sample_term_holds_where_k_nears_the_row_length():
+    # per-channel rows of 192 weights (a 1x1 conv with 192 inputs): K/n from 0.17 to 0.67, where the old
+    # exp(-a (K/n)^p) term predicted a third to a quarter of the measured error
+    rng = np.random.default_rng(3)
+    rows = rng.laplace(size=(96, 192)).astype(np.float32)
+    curve = predict_curve(rows, [5, 6, 7], half_levels=True)
+    for bits in (5, 6, 7):
+        measured = _encode_codebook(rows, 0, bits, Method.SIGMA, per_channel=True).rel_error
+        assert curve[bits] == pytest.approx(measured, rel=0.25)
+    kurt = np.array([3.0, 6.0, 25.0])
+    assert np.all(np.diff(finite_sample(64, 256, kurt)) < 0)  # heavier tails lose more to the finite sample
+    assert np.all(finite_sample(256, 256, kurt) > 0.05)  # it saturates instead of vanishing as K nears n
+
+
+def test_channel_view_predicts_the_per_channel_error_of_one_codebook():
+    # one codebook over channels of different scales: rel_error averages per-channel ratios, which the whole
+    # tensor's error / power misses by far; given the channel view, the prediction follows the measured figure
+    rng = np.random.default_rng(5)
+    w = (rng.laplace(size=(64, 512)) * np.geomspace(0.1, 1.0, 64)[:, None]).astype(np.float32)
+    rows = w.reshape(1, -1)
+    with_channels = predict_curve(rows, range(2, 9), channels=w)
+    whole = predict_curve(rows, range(2, 9))
+    for bits in (3, 5, 7):
+        measured = _encode_codebook(w, 0, bits, Method.SIGMA, per_channel=False).rel_error
+        assert with_channels[bits] == pytest.approx(measured, rel=0.15)
+        assert whole[bits] < 0.7 * measured
+    assert all(with_channels[b + 1] < with_channels[b] for b in range(2, 8))
+    few = rng.choice(np.array([-1.0, 0.5, 2.0], np.float32), size=(8, 600))
+    assert predict_curve(few.reshape(1, -1), [2, 3], channels=few) == {2: 0.0, 3: 0.0}
 
 
 def _curves() -> list[dict[int, float]]:

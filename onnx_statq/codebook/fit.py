@@ -18,7 +18,8 @@ from .types import MAX_BITS, Codebook, LevelDType, Method
 
 __all__ = [
     "PLACEMENT_PER_BIN",
-    "SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "fit", "kmeans_levels", "sigma_levels", "uniform_levels"]
+    "SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "SKETCH_TAIL", "TAIL_MIN_K", "fit", "kmeans_levels", "sigma_levels",
+    "uniform_levels"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ KMEANS_MAX_ITER = 10000
 SKETCH_BINS = 4096
 SKETCH_STEPS = 48
 SKETCH_SAMPLE = 1 << 18
+SKETCH_TAIL = 64  # subsample values beyond which a long row's weights are all sketched (_tail_complete)
+TAIL_MIN_K = 128  # from this K on (7 bits) a long row's sketch holds all its extremes: see _tail_complete
 PLACEMENT_PER_BIN = 32
 
 
@@ -99,14 +102,43 @@ class _SortedRuns:
         return levels, max_steps
 
 
-def _sketch(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tail_complete(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An evenly strided subsample of long rows, each value weighted by the stride, with the row's extremes exact.
+
+    Beyond the ``SKETCH_TAIL``-th largest deviation of the subsample, every weight of the full row is taken with
+    weight 1 (and the subsample's own values there are dropped): a subsample misses most of the few outliers of a
+    heavy-tailed row, and once K is large enough to give them levels (7-8 bits) a missed outlier costs more than
+    the whole rest of the row: on MiniLM's and PP-OCRv6's tensors longer than the subsample, the 8-bit squared
+    error fell to 0.46x (geomean; down to 0.03x) and 7-bit to 0.59x. Below ``TAIL_MIN_K`` the plain subsample is
+    kept, so 2-6 bits are unchanged. Rows are padded to a common length with weight 0.
+    """
+    step = -(-x.shape[1] // SKETCH_SAMPLE)
+    sub = x[:, ::step]
+    mu = sub.mean(axis=1, keepdims=True, dtype=np.float64)
+    dev = np.abs(sub - mu)
+    thr = np.partition(dev, dev.shape[1] - SKETCH_TAIL, axis=1)[:, -SKETCH_TAIL:].min(axis=1, keepdims=True)
+    rows, cols = np.nonzero(np.abs(x - mu) >= thr)
+    per_row = np.bincount(rows, minlength=x.shape[0])
+    tail = np.repeat(mu, per_row.max(initial=0), axis=1)
+    tail_w = np.zeros(tail.shape)
+    pos = np.arange(rows.size) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    tail[rows, pos], tail_w[rows, pos] = x[rows, cols], 1.0
+    core_w = np.where(dev < thr, float(step), 0.0)
+    return np.concatenate([sub, tail], axis=1), np.concatenate([core_w, tail_w], axis=1)
+
+
+def _sketch(x: np.ndarray, bins: int, exact_tails: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts, bin means and bin edges of each row on a grid uniform in asinh of the standardised weight.
 
     The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
     a heavy-tailed tensor and its outliers. Rows longer than ``SKETCH_SAMPLE`` are summarised from an evenly strided
-    subsample: the histogram's shape, not its exact counts, is what places the levels.
+    subsample: the histogram's shape, not its exact counts, is what places the levels. With ``exact_tails`` (K of
+    at least ``TAIL_MIN_K``) the row's extremes are all in it (:func:`_tail_complete`).
     """
-    if x.shape[1] > SKETCH_SAMPLE:
+    weights = None
+    if x.shape[1] > SKETCH_SAMPLE and exact_tails:
+        x, weights = _tail_complete(x)
+    elif x.shape[1] > SKETCH_SAMPLE:
         x = x[:, :: -(-x.shape[1] // SKETCH_SAMPLE)]
     g = x.shape[0]
     xf = x.astype(np.float32)
@@ -122,8 +154,10 @@ def _sketch(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     span = np.where(uhi > ulo, uhi - ulo, 1.0)
     b = np.clip(((u - ulo) * (bins / span)).astype(np.int64), 0, bins - 1)
     flat = (b if g == 1 else np.arange(g)[:, None] * bins + b).ravel()
-    counts = np.bincount(flat, minlength=g * bins).reshape(g, bins).astype(np.float64)
-    sums = np.bincount(flat, weights=x.ravel(), minlength=g * bins).reshape(g, bins)
+    wflat = None if weights is None else weights.ravel()
+    counts = np.bincount(flat, weights=wflat, minlength=g * bins).reshape(g, bins).astype(np.float64)
+    wx = x if weights is None else x * weights
+    sums = np.bincount(flat, weights=wx.ravel(), minlength=g * bins).reshape(g, bins)
     edges = mu + sd * np.sinh(ulo + span * np.linspace(0.0, 1.0, bins + 1)[None, :])
     centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5 * (edges[:, 1:] + edges[:, :-1]))
     return counts, centers, edges
@@ -143,7 +177,8 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
     """
     g, n = x.shape
     coarse = int(min(SKETCH_BINS, max(16, n // PLACEMENT_PER_BIN)))
-    counts, _, edges = _sketch(x, coarse)
+    tails = k >= TAIL_MIN_K
+    counts, _, edges = _sketch(x, coarse, tails)
     width = np.maximum(np.diff(edges, axis=1), 1e-300)
     cum = np.cumsum(np.cbrt(counts / width) * width, axis=1)
     cum = np.concatenate([np.zeros((g, 1)), cum], axis=1)
@@ -158,7 +193,7 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
         alt, _ = runs.lloyd(runs.means(start, np.zeros((g, k))), steps)
         levels = np.where((runs.sse(alt) < runs.sse(levels))[:, None], alt, levels)
     else:
-        fine_counts, centers, _ = _sketch(x, SKETCH_BINS)
+        fine_counts, centers, _ = _sketch(x, SKETCH_BINS, tails)
         levels, _ = _SortedRuns(centers, fine_counts).lloyd(levels, steps)
     return _level_means(x, assign_rows(levels, x), k, None, levels)
 

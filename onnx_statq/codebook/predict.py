@@ -1,4 +1,4 @@
-"""Predict a codebook's error at every K from a tensor's statistics alone, with no clustering run.
+"""Predict a codebook's error at every K from a tensor's statistics alone, with no clustering run on the weights.
 
 The model behind ``--bits auto`` and the default bit allocation. Three statistics per codebook row suffice:
 
@@ -7,11 +7,19 @@ The model behind ``--bits auto`` and the default bit allocation. Three statistic
   quantizer's error for generalised Gaussians (exponent 0.25 to 4), the family member with the row's kurtosis.
   The table is exact for small K, where high-resolution theory (Panter-Dite) is not;
 * the row length ``n`` corrects for the finite sample: with K levels over only n weights, the levels fit the
-  sample rather than the distribution, and the error falls by ``exp(-a (K/n)^p)``, fitted on generalised-Gaussian
-  samples with the ``sigma`` method, never on the benchmark models (``python -m benchmarks.fit_predictor`` refits
-  them: 3.11 and 0.713 on its last run, within 1% of the values here). It over-shrinks once K/n passes ~0.2.
+  sample rather than the distribution, and the error falls by ``1 / (1 + a (K/n)^p (kurtosis/3)^q)``: more for
+  heavy tails, and saturating as K nears n. Fitted on generalised-Gaussian samples with the ``sigma`` method, never
+  on the benchmark models (``python -m benchmarks.fit_predictor`` refits the constants; they are its last run,
+  within ±15% of 81% of its samples). Levels stored in float16 add their rounding error.
 
-A row with at most K distinct values is predicted exact (error 0), as :func:`fit` makes it.
+A row with at most K distinct values is predicted exact (error 0, or the float16 rounding), as :func:`fit` makes it.
+
+One codebook over a tensor with output channels is measured per channel (the mean of error / channel power), which
+the whole tensor's moments cannot predict. Given the channel view (``predict_curve(..., channels=)``),
+:func:`sketch_curve` predicts that figure instead: levels placed on a histogram of a sample of the tensor as
+``sigma`` places them, applied to the sample channel by channel (any tail shape, no table, no fitted constant).
+On the benchmark models (``benchmarks.bench_alloc`` part (a), offline) this took one-codebook layers from 72% to
+82% of layer-widths within ±15% for K >= 8, at about 1.7x the prediction's time.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ import numpy as np
 from .ggd_table import GGD_BETAS, GGD_ERROR, GGD_KS
 from .stats import few_distinct
 
-__all__ = ["FINITE_A", "FINITE_P", "ggd_kurtosis", "predict_curve", "predict_rel_error", "unit_error"]
+__all__ = [
+    "FINITE_A", "FINITE_P", "FINITE_Q", "finite_sample", "ggd_kurtosis", "predict_curve", "predict_rel_error",
+    "sketch_curve", "unit_error",
+]
 
-FINITE_A = 3.07
-FINITE_P = 0.707
+FINITE_A = 3.413
+FINITE_P = 0.824
+FINITE_Q = 0.686
 
 
 def ggd_kurtosis(beta: float) -> float:
@@ -45,6 +57,12 @@ def unit_error(kurtosis: np.ndarray, k: int) -> np.ndarray:
     return np.exp(np.interp(lk, _LOG_KURT, _LOG_ERR[:, j]))
 
 
+def finite_sample(k: int, n: int, kurtosis: np.ndarray) -> np.ndarray:
+    """Measured over population error of a K-level codebook fitted on n weights of the given kurtosis."""
+    heavy = (np.maximum(kurtosis, 1.0) / 3.0) ** FINITE_Q
+    return 1.0 / (1.0 + FINITE_A * (k / n) ** FINITE_P * heavy)
+
+
 def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row power (mean square), variance and kurtosis, in one sweep of power sums."""
     n = rows.shape[1]
@@ -57,12 +75,19 @@ def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return power, var, kurt
 
 
-def predict_curve(rows: np.ndarray, bits: range | list[int], half_levels: bool = False) -> dict[int, float]:
+def predict_curve(
+    rows: np.ndarray, bits: range | list[int], half_levels: bool = False, channels: np.ndarray | None = None
+) -> dict[int, float]:
     """Predicted relative error (mean over rows of error / row power) for each width in ``bits``.
 
     ``rows`` is the ``[G, n]`` group view the codebooks are fitted on: one row for a per-tensor codebook.
     ``half_levels``: the levels are stored in float16, so a row held exactly still has their rounding error.
+    ``channels``: for one codebook over a tensor with output channels, their ``[C, m]`` view; the prediction is
+    then of the mean over channels of error / channel power, as :attr:`EncodedTensor.rel_error` measures it
+    (:func:`sketch_curve`), instead of the whole tensor's error / power.
     """
+    if channels is not None and rows.shape[0] == 1 and channels.shape[0] > 1:
+        return _exact_rows(rows, bits, half_levels, sketch_curve(channels, bits))
     power, var, kurt = _moments(rows)
     live = power > 1e-12 * float(power.max(initial=0.0))
     n = rows.shape[1]
@@ -70,14 +95,76 @@ def predict_curve(rows: np.ndarray, bits: range | list[int], half_levels: bool =
     # every smaller K (a row is exact at K when it has at most K distinct values), instead of one scan per width.
     checked = [b for b in bits if (1 << b) * 8 >= n or rows.shape[0] == 1]
     distinct = _distinct_counts(rows, 1 << max(checked)) if checked else None
-    exact_error = _rounding_error(rows) if half_levels and checked else 0.0
+    # float16 levels add their own rounding to every weight: what an exact row keeps, and, independent of the
+    # placement error, what an inexact one adds (it dominates in channels of ~1e-5 weights, near float16's floor)
+    exact_error = _rounding_error(rows) if half_levels else np.zeros(rows.shape[0])
     out = {}
     for b in bits:
         k = 1 << b
-        shrink = np.exp(-FINITE_A * (k / n) ** FINITE_P)
-        err = var * unit_error(kurt, k) * shrink
+        err = var * unit_error(kurt, k) * finite_sample(k, n, kurt) + exact_error
         if distinct is not None and b in checked:
             err = np.where(distinct <= k, exact_error, err)
+        out[b] = float(np.mean(err[live] / power[live])) if live.any() else 0.0
+    return out
+
+
+def _exact_rows(rows: np.ndarray, bits: range | list[int], half: bool, curve: dict[int, float]) -> dict[int, float]:
+    """``curve`` with the widths at which the single row ``rows`` is held exactly set to its rounding error."""
+    distinct = int(_distinct_counts(rows, 1 << max(bits))[0])
+    if distinct > 1 << max(bits):
+        return curve
+    power = max(float(np.mean(np.square(rows, dtype=np.float64))), 1e-300)
+    exact = float(_rounding_error(rows)[0]) / power if half else 0.0
+    return {b: exact if distinct <= 1 << b else v for b, v in curve.items()}
+
+
+SKETCH_CHANNELS = 256  # channels a sketch curve looks at (evenly strided)
+SKETCH_VALUES = 1 << 15  # weights its histogram holds, at least SKETCH_PER_CHANNEL of each channel it keeps
+SKETCH_EVAL = 1 << 15  # of those, the weights the levels are applied to
+SKETCH_PER_CHANNEL = 32
+SKETCH_BINS = 1024
+SKETCH_STEPS = 20
+
+
+def _channel_sample(channels: np.ndarray, size: int) -> np.ndarray:
+    """An evenly strided ``[C', m]`` float64 sample: at most ``SKETCH_CHANNELS`` channels and about ``size``
+    weights, with enough of each channel for its own error / power."""
+    c, m = channels.shape
+    kept = channels[:: -(-c // SKETCH_CHANNELS)]
+    step = max(1, min(-(-kept.size // size), m // SKETCH_PER_CHANNEL))
+    return kept[:, ::step].astype(np.float64)
+
+
+def sketch_curve(channels: np.ndarray, bits: range | list[int]) -> dict[int, float]:
+    """Mean over channels of error / channel power of one codebook for the whole tensor, for each width.
+
+    Panter-Dite in practice, for any tail shape: levels start at the quantiles of the cube-root density of a
+    histogram of the tensor (a sample of it), and a few centroid steps on that histogram (``SKETCH_BINS`` bins, not
+    on the weights) correct them for small K, as ``sigma`` does; the levels are then applied to the sample, channel
+    by channel. The histogram holds every weight of a tensor up to ``SKETCH_VALUES``, so for those the levels fit
+    the sample as a fitted codebook does (no finite-sample term); larger tensors have K/n small enough not to need
+    one. Nothing here is fitted to any model.
+    """
+    from .fit import PLACEMENT_PER_BIN, _sketch, _SortedRuns  # fit imports nothing of this module: no cycle
+
+    flat = _channel_sample(channels, SKETCH_VALUES).reshape(1, -1)
+    sample = _channel_sample(channels, SKETCH_EVAL)
+    counts, centers, edges = _sketch(flat, SKETCH_BINS)
+    merge = 1 << max(0, int(np.log2(SKETCH_BINS / max(16, channels.size // PLACEMENT_PER_BIN))))
+    coarse = counts[0].reshape(-1, merge).sum(axis=1)  # the placement density, on a coarse grid: see sigma_levels
+    width = np.maximum(np.diff(edges[0, ::merge]), 1e-300)
+    cum = np.concatenate([[0.0], np.cumsum(np.cbrt(coarse / width) * width)])
+    used = counts[0] > 0
+    runs = _SortedRuns(centers[:, used], counts[:, used])
+    power = np.einsum("ij,ij->i", sample, sample)
+    live = power > 1e-12 * float(power.max(initial=0.0))
+    out = {}
+    for b in bits:
+        k = 1 << b
+        start = np.interp((np.arange(k) + 0.5) / k * cum[-1], cum, edges[0, ::merge])
+        levels = np.sort(runs.lloyd(start[None, :], SKETCH_STEPS)[0][0])
+        d = sample - levels[np.searchsorted((levels[1:] + levels[:-1]) / 2, sample)]
+        err = np.einsum("ij,ij->i", d, d)
         out[b] = float(np.mean(err[live] / power[live])) if live.any() else 0.0
     return out
 
