@@ -98,7 +98,11 @@ def _table(report: Report) -> str:
         "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
     ]
     if "average_index_bits" in t:
-        lines.append(f"bits:   {t['average_index_bits']:.2f} per weight on average ({t['allocation_target']})")
+        stored = t.get("average_stored_bits")
+        extra = f", {stored:.2f} stored per weight with codebooks" if stored is not None else ""
+        lines.append(
+            f"bits:   {t['average_index_bits']:.2f} per weight on average{extra} ({t['allocation_target']})"
+        )
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")

@@ -16,7 +16,18 @@ from .fit import fit
 from .packing import packed_bytes
 from .types import Codebook, LevelDType, Method
 
-__all__ = ["EncodedTensor", "Granularity", "Representation", "encode_tensor", "from_groups", "to_groups"]
+__all__ = [
+    "EncodedTensor",
+    "Granularity",
+    "Layout",
+    "Representation",
+    "alternatives",
+    "encode_half",
+    "encode_tensor",
+    "fits_half",
+    "from_groups",
+    "to_groups",
+]
 
 
 class Granularity(enum.StrEnum):
@@ -91,7 +102,7 @@ def channel_rel_error(w: np.ndarray, approx: np.ndarray, axis: int | None) -> fl
 def _encode_codebook(w: np.ndarray, axis: int | None, bits: int, method: Method, per_channel: bool) -> EncodedTensor:
     ax = axis if per_channel else None
     groups = to_groups(w, ax)
-    half = w.dtype == np.float16 or (per_channel and _fits_half(w))
+    half = w.dtype == np.float16 or (per_channel and fits_half(w))
     ldt = LevelDType.FLOAT16 if half else LevelDType.FLOAT32
     cb = fit(groups, bits, method, ldt)
     idx = assign(cb, groups)
@@ -133,14 +144,64 @@ def encode_tensor(
     if per_tensor.rel_error <= channel_tolerance * _scale_free_error(w, axis, bits, method):
         return per_tensor
     per_channel = _encode_codebook(w, axis, bits, method, per_channel=True)
-    if per_channel.stored_bytes < 2 * w.size or not _fits_half(w):
+    if per_channel.stored_bytes < 2 * w.size or not fits_half(w):
         return per_channel
+    return encode_half(w, axis)
+
+
+def encode_half(w: np.ndarray, axis: int | None) -> EncodedTensor:
+    """No codebook: the weight in float16. Wins where per-channel tables would cost more than the weights."""
     half = w.astype(np.float16)
     err = channel_rel_error(w, half.astype(np.float32), axis)
     return EncodedTensor(Representation.FLOAT16, w.shape, axis, None, None, half, err, 2 * w.size)
 
 
-def _fits_half(w: np.ndarray) -> bool:
+@dataclass(frozen=True)
+class Layout:
+    """One way to store a weight, as the bit allocation weighs it: the error at the reference width and what one
+    codebook level costs over all of its codebooks (0 for float16, whose cost does not depend on the width)."""
+
+    representation: Representation
+    rel_error: float
+    table_bits: int
+
+    @classmethod
+    def of(cls, enc: EncodedTensor) -> Layout:
+        cb = enc.codebook
+        table = 0 if cb is None else cb.levels.shape[0] * (16 if cb.level_dtype == LevelDType.FLOAT16 else 32)
+        return cls(enc.representation, enc.rel_error, table)
+
+
+SAMPLE_CHANNELS = 64  # per-channel codebooks are fitted channel by channel: a sample estimates their mean error
+
+
+def alternatives(
+    w: np.ndarray, axis: int | None, bits: int, method: Method | str, chosen: EncodedTensor
+) -> list[Layout]:
+    """Every layout at ``bits`` for a weight with output channels on ``axis``, ``chosen`` first: what a bit
+    allocation that also picks the layout per layer weighs (tensor and channel codebooks, and float16).
+
+    Per-channel codebooks are independent, so their mean error is estimated on at most ``SAMPLE_CHANNELS`` evenly
+    spaced channels: fitting every channel of every layer would double the pass's time for one number per layer.
+    """
+    found = {chosen.representation: Layout.of(chosen)}
+    if axis is None or w.ndim < 2 or w.shape[axis] < 2:
+        return list(found.values())
+    method = Method(method)
+    if Representation.TENSOR not in found:
+        found[Representation.TENSOR] = Layout.of(_encode_codebook(w, axis, bits, method, per_channel=False))
+    if Representation.CHANNEL not in found:
+        channels = w.shape[axis]
+        pick = np.unique(np.linspace(0, channels - 1, min(channels, SAMPLE_CHANNELS)).astype(np.int64))
+        sample = _encode_codebook(np.take(w, pick, axis=axis), axis, bits, method, per_channel=True)
+        per_channel = Layout.of(sample).table_bits // len(pick)  # bits of one level of one channel's codebook
+        found[Representation.CHANNEL] = Layout(Representation.CHANNEL, sample.rel_error, per_channel * channels)
+    if Representation.FLOAT16 not in found and fits_half(w) and w.dtype != np.float16:
+        found[Representation.FLOAT16] = Layout.of(encode_half(w, axis))
+    return [found[chosen.representation], *(v for r, v in found.items() if r != chosen.representation)]
+
+
+def fits_half(w: np.ndarray) -> bool:
     """Every value fits float16's range (levels stored in float16 would turn larger ones into Inf)."""
     return w.dtype == np.float16 or bool(np.max(np.abs(w), initial=0.0) <= np.finfo(np.float16).max)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codebook import EncodedTensor, Representation
-from ..codebook.allocate import HI_BITS, LO_BITS, allocate_bits, avg_bits_for_bytes, bits_for_target, stored_bits
+from ..codebook.allocate import HI_BITS, LO_BITS, allocate_options, stored_bits
 from ..codebook.predict import predict_curve
-from ..codebook.tensor import to_groups
+from ..codebook.tensor import Layout, to_groups
 from ..config import QuantConfig
 from ..errors import ConfigError
 
@@ -23,17 +23,25 @@ __all__ = ["DECODE_BYTES", "Choice", "Layer", "choose_bits", "layer_curve", "tab
 
 logger = logging.getLogger(__name__)
 
-TABLE_SHARE_BITS = 1.0  # at most this much of the per-weight budget goes to codebook tables
 DECODE_BYTES = 1400  # serialized size of one layer's decode nodes and their small constants, measured on the demo
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One weight whose width is free: its values, channel axis and the encoding at the reference width."""
+    """One weight whose width is free: its values, channel axis and the encoding at the reference width.
+
+    ``alternatives`` are the other layouts the allocation may choose for it (tensor or channel codebooks, float16),
+    encoded at the reference width; empty when the layout is fixed by the configuration."""
 
     values: np.ndarray
     axis: int | None
     encoded: EncodedTensor
+    alternatives: tuple[Layout, ...] = ()
+
+    @property
+    def layouts(self) -> list[Layout]:
+        mine = self.encoded.representation
+        return [Layout.of(self.encoded), *(a for a in self.alternatives if a.representation != mine)]
 
 
 @dataclass(frozen=True)
@@ -41,23 +49,28 @@ class Choice:
     bits: list[int]
     predicted: list[dict[int, float]]  # the statistical prediction per layer and width, before anchoring
     target: str  # what the widths were chosen for, for the report
+    layouts: list[Representation] | None = None  # per layer, the layout chosen
 
 
 def table_bits(enc: EncodedTensor) -> int:
     """Bits one codebook level costs across all of a layer's codebooks."""
-    cb = enc.codebook
-    if cb is None:
-        return 0
-    return cb.levels.shape[0] * (16 if cb.level_dtype == "float16" else 32)
+    return Layout.of(enc).table_bits
 
 
-def layer_curve(layer: Layer) -> dict[int, float]:
-    """Predicted relative error at every width, on the group view the layer's codebooks actually use."""
-    enc = layer.encoded
+def layer_curve(layer: Layer, layout: Layout | EncodedTensor | None = None) -> dict[int, float]:
+    """Predicted relative error at every width, on the group view the layer's codebooks (or ``layout``'s) use."""
+    enc = layout or layer.encoded
+    widths = range(LO_BITS, HI_BITS + 1)
+    if enc.representation == Representation.FLOAT16:
+        return dict.fromkeys(widths, enc.rel_error)
     per_channel = enc.representation == Representation.CHANNEL
-    rows = to_groups(np.asarray(layer.values), layer.axis if per_channel else None)
+    values = np.asarray(layer.values)
+    rows = to_groups(values, layer.axis if per_channel else None)
     half = per_channel or layer.values.dtype == np.float16
-    return predict_curve(rows, range(LO_BITS, HI_BITS + 1), half_levels=half)
+    # one codebook over a tensor is measured per channel (EncodedTensor.rel_error): predict that, not the whole
+    # tensor's error, where the channels can disagree
+    channels = None if per_channel or layer.axis is None or values.ndim < 2 else to_groups(values, layer.axis)
+    return predict_curve(rows, widths, half_levels=half, channels=channels)
 
 
 def _anchored(curve: dict[int, float], measured: float, ref: int) -> dict[int, float]:
@@ -67,43 +80,82 @@ def _anchored(curve: dict[int, float], measured: float, ref: int) -> dict[int, f
     return {b: v * scale for b, v in curve.items()}
 
 
+@dataclass(frozen=True)
+class _Options:
+    """Every (layout, width) of every layer, with its stored bits and the error the allocation weighs."""
+
+    layout: list[list[Representation]]
+    bits: list[list[int]]
+    costs: list[list[tuple[float, float]]]
+    predicted: list[list[dict[int, float]]]
+
+    def pick(self, chosen: list[int], target: str) -> Choice:
+        layers = range(len(chosen))
+        widths = [self.bits[i][chosen[i]] for i in layers]
+        layouts = [self.layout[i][chosen[i]] for i in layers]
+        return Choice(widths, [self.predicted[i][chosen[i]] for i in layers], target, layouts)
+
+
+def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
+    """A float16 layout is one option (16 bits, its error); a codebook layout is one option per width."""
+    ref = config.bits
+    out = _Options([], [], [], [])
+    for la in layers:
+        lay, bits, costs, pred = [], [], [], []
+        for layout in la.layouts:
+            curve = layer_curve(la, layout)
+            anchored = curve if config.auto_bits else _anchored(curve, max(layout.rel_error, 1e-12), ref)
+            size, table = int(la.values.size), layout.table_bits
+            half = layout.representation == Representation.FLOAT16
+            widths = [16] if half else list(range(LO_BITS, HI_BITS + 1))
+            for b in widths:
+                lay.append(layout.representation)
+                bits.append(b)
+                costs.append((float(size * 16) if b == 16 else stored_bits(size, table, b), anchored[min(b, HI_BITS)]))
+                pred.append(curve)
+        out.layout.append(lay)
+        out.bits.append(bits)
+        out.costs.append(costs)
+        out.predicted.append(pred)
+    return out
+
+
 def choose_bits(config: QuantConfig, layers: Sequence[Layer], other_bytes: int, input_bytes: int) -> Choice:
-    """Widths for the free layers under ``config``'s target.
+    """Widths (and, where a layer has alternatives, layouts) for the free layers under ``config``'s target.
 
     ``other_bytes`` is what the output keeps besides these layers (graph, kept tensors), ``input_bytes`` the input
     file size; both only matter for ``size_ratio``.
     """
-    predicted = [layer_curve(layer) for layer in layers]
-    ref = config.bits
-    curves = (
-        predicted
-        if config.auto_bits
-        else [_anchored(c, max(la.encoded.rel_error, 1e-12), ref) for c, la in zip(predicted, layers, strict=True)]
-    )
-    sizes = [int(la.values.size) for la in layers]
-    tables = [table_bits(la.encoded) for la in layers]
+    opts = _options(config, layers)
     if config.target_sqnr is not None:
-        bits = bits_for_target(curves, 10 ** (-config.target_sqnr / 10))
-        return Choice(bits, predicted, f"target SQNR {config.target_sqnr:g} dB per layer")
+        target = 10 ** (-config.target_sqnr / 10)
+        chosen = [_cheapest_meeting(costs, target) for costs in opts.costs]
+        return opts.pick(chosen, f"target SQNR {config.target_sqnr:g} dB per layer")
     if config.size_ratio is not None:
         ratio = config.size_ratio
-        avg = avg_bits_for_bytes(sizes, tables, input_bytes / ratio - other_bytes)
-        if avg is None:
-            smallest = other_bytes + sum(stored_bits(s, t, LO_BITS) for s, t in zip(sizes, tables, strict=True)) / 8
+        budget = (input_bytes / ratio - other_bytes) * 8
+        cheapest = sum(min(c for c, _ in costs) for costs in opts.costs)
+        if cheapest > budget:
             raise ConfigError(
-                f"size ratio {ratio:g} is out of reach: {LO_BITS} bits everywhere gives {input_bytes / smallest:.2f}x"
+                f"size ratio {ratio:g} is out of reach: the smallest encoding gives "
+                f"{input_bytes / (other_bytes + cheapest / 8):.2f}x"
             )
-        logger.info("size ratio %.2f: %.3f bits per weight on average", ratio, avg)
-        return Choice(allocate_bits(sizes, curves, avg, table_bits=tables), predicted, f"size ratio {ratio:g}")
-    budget = config.budget
-    if budget is None:
+        logger.info("size ratio %.2f: %.0f bytes for the weights", ratio, budget / 8)
+        return opts.pick(allocate_options(opts.costs, budget), f"size ratio {ratio:g}")
+    avg = config.budget
+    if avg is None:
         raise ConfigError("no allocation target")  # unreachable: the config requires one when allocating
     # ``bits`` is an average that includes the codebooks beyond one float32 codebook per layer: per-channel tables
-    # are paid for with index bits, so 4 bits gives about the same size whatever the representation. Up to one bit
-    # per weight: beyond that (many channels, few weights each) the tables would starve the indices
-    # (docs/method.md, "Choosing the widths").
-    allowance = sum(sizes) * budget + len(sizes) * 32 * 2.0**budget
-    avg = avg_bits_for_bytes(sizes, tables, allowance / 8)
-    avg = max(avg if avg is not None else LO_BITS, min(budget, max(LO_BITS, budget - TABLE_SHARE_BITS)))
-    bits = allocate_bits(sizes, curves, avg, table_bits=tables)
-    return Choice(bits, predicted, f"average {budget:g} bits per weight, codebooks included")
+    # are paid for with index bits, so 4 bits gives about the same size whatever the layouts (docs/method.md,
+    # "Choosing the widths").
+    sizes = [int(la.values.size) for la in layers]
+    allowance = sum(sizes) * avg + len(sizes) * 32 * 2.0**avg
+    return opts.pick(allocate_options(opts.costs, allowance), f"average {avg:g} bits per weight, codebooks included")
+
+
+def _cheapest_meeting(costs: list[tuple[float, float]], target: float) -> int:
+    """The cheapest option whose predicted error meets ``target``; the most accurate one when none does."""
+    meeting = [j for j, (_, err) in enumerate(costs) if err <= target]
+    if not meeting:
+        return min(range(len(costs)), key=lambda j: (costs[j][1], costs[j][0]))
+    return min(meeting, key=lambda j: (costs[j][0], costs[j][1]))

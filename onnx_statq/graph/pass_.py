@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from ..codebook import EncodedTensor, Granularity, Representation, encode_tensor
 from ..codebook.allocate import HI_BITS
+from ..codebook.tensor import Layout, alternatives, encode_half
 from ..config import QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
 from ..lazy import attach, deferred_values_of, materialize, values_of
@@ -25,6 +26,7 @@ from ..report import LayerRecord, Report, SkipRecord
 from .allocation import DECODE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
+from .fold import fold_weight_chains
 from .handlers import weight_slots
 
 __all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
@@ -166,6 +168,8 @@ class StatqPass:
 
     def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
         found: dict[int, _Weight] = {}
+        # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
+        homes = {id(n): g for g in _graphs(graph) for n in g.nodes if n.op == "Constant"}
         for g in _graphs(graph):
             for node in g.nodes:
                 for slot in weight_slots(node.op, node.domain or ""):
@@ -175,7 +179,7 @@ class StatqPass:
                     source = _constant_source(t)
                     if not isinstance(t, gs.Constant) and source is None:
                         continue
-                    w = found.setdefault(id(t), _Weight(t, source, g if source is not None else None))
+                    w = found.setdefault(id(t), _Weight(t, source, homes[id(source)] if source is not None else None))
                     shape = tuple(int(s) for s in w.values.shape)
                     settings = self.config.resolve(node.name or "", node.op)
                     w.uses.append(_Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
@@ -225,13 +229,15 @@ class StatqPass:
         axes = {u.axis for u in w.uses}
         return settings, (axes.pop() if len(axes) == 1 else None)
 
-    def _encode(self, w: _Weight, bits: int | None = None, keep: EncodedTensor | None = None) -> EncodedTensor:
-        """Encode at ``bits``; with ``keep``, in ``keep``'s layout (the allocation priced that layout's tables, so
+    def _encode(self, w: _Weight, bits: int | None = None, layout: Representation | None = None) -> EncodedTensor:
+        """Encode at ``bits``; with ``layout``, in that layout (the allocation priced that layout's tables, so
         re-choosing it at the new width could blow the budget: float16 at 8 bits costs twice the 8-bit indices)."""
         settings, axis = self._settings(w)
         granularity = settings.granularity
-        if keep is not None:
-            granularity = Granularity.CHANNEL if keep.representation == Representation.CHANNEL else Granularity.TENSOR
+        if layout == Representation.FLOAT16:
+            return encode_half(w.values, axis)
+        if layout is not None:
+            granularity = Granularity.CHANNEL if layout == Representation.CHANNEL else Granularity.TENSOR
         return encode_tensor(
             w.values, axis, bits or settings.bits, settings.method, granularity, self.config.channel_tolerance
         )
@@ -239,29 +245,53 @@ class StatqPass:
     def _allocate(
         self, todo: list[_Weight], encoded: dict[int, EncodedTensor], report: Report, input_bytes: int
     ) -> None:
-        """Re-encode codebook weights at per-layer widths for the configured target (explicit per-node/op bits
-        stay), and record every codebook layer's predicted error next to the one it will be measured to have."""
-        free = [w for w in todo if encoded[id(w)].codebook is not None and not self._fixed_bits(w)]
-        layers = [Layer(w.deferred, self._settings(w)[1], encoded[id(w)]) for w in free]  # one weight mapped at a time
+        """Re-encode codebook weights at per-layer widths, and layouts where the granularity is ``auto``, for the
+        configured target (explicit per-node/op bits stay), and record every codebook layer's predicted error next
+        to the one it will be measured to have."""
+        free = [w for w in todo if self._free(w, encoded[id(w)])]
+        layers = [self._layer(w, encoded[id(w)]) for w in free]
         kept = [w for w in todo if w not in free]
         other = input_bytes - sum(int(w.values.nbytes) for w in free)
         other -= sum(int(w.values.nbytes) - encoded[id(w)].stored_bytes for w in kept)
         other += DECODE_BYTES * len(todo)
         choice = choose_bits(self.config, layers, other, input_bytes)
         target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
-        for i, (w, b, curve) in enumerate(zip(free, choice.bits, choice.predicted, strict=True)):
-            if b != encoded[id(w)].codebook.bits:  # type: ignore[union-attr]
-                encoded[id(w)] = self._encode(w, bits=b, keep=encoded[id(w)])
-            while target is not None and encoded[id(w)].rel_error > target and b < HI_BITS:
+        layouts = choice.layouts or [encoded[id(w)].representation for w in free]
+        for i, (w, b, curve, layout) in enumerate(zip(free, choice.bits, choice.predicted, layouts, strict=True)):
+            enc = encoded[id(w)]
+            if layout != enc.representation or (enc.codebook is not None and enc.codebook.bits != b):
+                enc = self._encode(w, b, layout=layout)
+            while target is not None and enc.codebook is not None and enc.rel_error > target and b < HI_BITS:
                 b += 1  # the prediction missed the target: the measurement decides, one more bit at a time
-                encoded[id(w)] = self._encode(w, bits=b, keep=encoded[id(w)])
-            choice.bits[i] = b
-            report.predicted[w.tensor.name] = curve[b]
-        sizes = [int(w.values.size) for w in free]
+                enc = self._encode(w, bits=b, layout=layout)
+            encoded[id(w)] = enc
+            choice.bits[i] = b if enc.codebook is not None else 16
+            report.predicted[w.tensor.name] = curve[min(b, HI_BITS)]
+        books = [(int(w.values.size), b) for w, b in zip(free, choice.bits, strict=True) if encoded[id(w)].codebook]
         report.totals["average_index_bits"] = (
-            float(np.dot(sizes, choice.bits) / max(sum(sizes), 1)) if sizes else float(self.config.bits)
+            sum(n * b for n, b in books) / max(sum(n for n, _ in books), 1) if books else float(self.config.bits)
         )
+        sizes = sum(int(w.values.size) for w in free)
+        report.totals["average_stored_bits"] = 8 * sum(encoded[id(w)].stored_bytes for w in free) / max(sizes, 1)
         report.totals["allocation_target"] = choice.target
+
+    def _free(self, w: _Weight, enc: EncodedTensor) -> bool:
+        """Whether the allocation chooses this weight's width: a codebook weight without explicit bits, or one the
+        layout rule put in float16 while the allocation may choose its layout."""
+        if self._fixed_bits(w):
+            return False
+        if enc.codebook is not None:
+            return True
+        return self._settings(w)[0].granularity == Granularity.AUTO and w.values.dtype != np.float16
+
+    def _layer(self, w: _Weight, enc: EncodedTensor) -> Layer:
+        """What the allocation weighs for ``w``: with ``auto`` granularity, every layout at the reference width."""
+        settings, axis = self._settings(w)
+        others: tuple[Layout, ...] = ()
+        if settings.granularity == Granularity.AUTO:
+            bits = enc.codebook.bits if enc.codebook else settings.bits
+            others = tuple(alternatives(w.values, axis, bits, settings.method, enc))
+        return Layer(w.deferred, axis, enc, others)  # values mapped one weight at a time
 
     def _fixed_bits(self, w: _Weight) -> bool:
         return any(
@@ -419,12 +449,30 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
     """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
     graph = gs.import_onnx(model)
     _restore_initializer_inputs(graph, model)
+    _fold_chains(graph, model)
     try:
         size = model.ByteSize()
     except Exception:  # protobuf refuses to size a message over 2 GB; only --size-ratio reads this, as a small term
         logger.debug("model too large to size in memory; graph overhead taken as 0")
         return graph, 0
     return graph, max(0, size - _constant_bytes(graph))
+
+
+def _fold_chains(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Give layers whose weight is computed from constants by data-movement ops a constant weight
+    (:mod:`.fold`), with names no other tensor or node has."""
+    graphs = list(_graphs(graph))
+    names = {t for g in graphs for t in g.tensors()} | {n.name for g in graphs for n in g.nodes}
+
+    def fresh(base: str) -> str:
+        name, n = base, 0
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.add(name)
+        return name
+
+    fold_weight_chains(graphs, default_opset(model), fresh)
 
 
 def _restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
