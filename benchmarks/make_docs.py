@@ -199,9 +199,9 @@ def main() -> None:
     )
     parts += verbatim(
         "models_other.md",
-        "Other real models of the same kinds: PP-OCRv6 detection and the PP-OCR direction classifier, data-free "
-        "(`python -m benchmarks.bench_models --tasks ppocr_det,ppocr_cls --methods sigma --bits 8,4,3,2 "
-        "--out models_other`)",
+        "Other real models of the same kinds: PP-OCRv6 detection, the PP-OCR direction classifier and silero VAD "
+        "(recurrent, state inputs, If subgraphs), data-free (`python -m benchmarks.bench_models --tasks "
+        "ppocr_det,ppocr_cls,silero_vad --methods sigma --bits 8,4,3,2 --out models_other`)",
     )
     parts += verbatim(
         "granularity_channel.md",

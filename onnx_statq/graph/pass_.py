@@ -128,14 +128,14 @@ class StatqPass:
         if base_dir is not None:
             attach(graph, Path(base_dir))
         report = Report(config=self.config.to_dict())
-        names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
+        fresh = _namer(graph)
         todo, encoded = self.plan(graph, report, overhead=overhead)
         positions = {id(n): i for i, n in enumerate(graph.nodes)}
         outcomes = self._refine(model, graph, todo, encoded, positions, report)
         for w in todo:
             outcome = outcomes.get(w.tensor.name)
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
-            self._rewrite(w, outcome.encoded if outcome else enc, opset, names, report, outcome)
+            self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, report, outcome)
         out = _export(graph, model)
         if base_dir is not None:
             materialize(out, Path(base_dir))
@@ -340,22 +340,19 @@ class StatqPass:
         return summary.outcomes
 
     def _rewrite(
-        self, w: _Weight, enc: EncodedTensor, opset: int, names: set[str], report: Report, outcome: LayerOutcome | None
+        self,
+        w: _Weight,
+        enc: EncodedTensor,
+        opset: int,
+        fresh: Callable[[str], str],
+        report: Report,
+        outcome: LayerOutcome | None,
     ) -> None:
         values = w.values
         kept = unchanged_reason(values, enc)
         if kept:
             report.skipped.append(SkipRecord(w.tensor.name, kept, values.size))
             return
-
-        def fresh(base: str) -> str:
-            name, n = base, 0
-            while name in names:
-                n += 1
-                name = f"{base}_{n}"
-            names.add(name)
-            return name
-
         # A Constant node's decode stays in its graph; an initializer's goes to its first user's graph, which is
         # the outermost of its users because _graphs walks outer graphs first.
         home = w.source_graph or w.uses[0].graph
@@ -461,8 +458,13 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
 def _fold_chains(graph: gs.Graph, model: onnx.ModelProto) -> None:
     """Give layers whose weight is computed from constants by data-movement ops a constant weight
     (:mod:`.fold`), with names no other tensor or node has."""
-    graphs = list(_graphs(graph))
-    names = {t for g in graphs for t in g.tensors()} | {n.name for g in graphs for n in g.nodes}
+    fold_weight_chains(list(_graphs(graph)), default_opset(model), _namer(graph))
+
+
+def _namer(graph: gs.Graph) -> Callable[[str], str]:
+    """``fresh(base)``: ``base``, or ``base_<n>``, never a name a tensor or node of any (sub)graph has or had from
+    an earlier call: graph-wide, because a subgraph sees its enclosing graphs' names."""
+    names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
 
     def fresh(base: str) -> str:
         name, n = base, 0
@@ -472,7 +474,7 @@ def _fold_chains(graph: gs.Graph, model: onnx.ModelProto) -> None:
         names.add(name)
         return name
 
-    fold_weight_chains(graphs, default_opset(model), fresh)
+    return fresh
 
 
 def _restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
