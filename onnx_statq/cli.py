@@ -100,17 +100,15 @@ def _table(report: Report) -> str:
     if "average_index_bits" in t:
         stored = t.get("average_stored_bits")
         extra = f", {stored:.2f} stored per weight with codebooks" if stored is not None else ""
-        lines.append(
-            f"bits:   {t['average_index_bits']:.2f} per weight on average{extra} ({t['allocation_target']})"
-        )
+        lines.append(f"bits:   {t['average_index_bits']:.2f} per weight on average{extra} ({t['allocation_target']})")
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")
+        head = f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers"
+        if c.get("not_calibrated_in_subgraphs"):
+            head += f"; {c['not_calibrated_in_subgraphs']} weights inside If/Loop/Scan subgraphs stay data-free"
         lines.append(
-            f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers; model output SQNR "
-            f"vs float on the calibration data: {sq:.1f} dB"
-            if sq is not None
-            else f"calibration: {c['mode']}"
+            head + (f"; model output SQNR vs float on the calibration data: {sq:.1f} dB" if sq is not None else "")
         )
     if report.verify.get("skipped"):
         lines.append(f"verify: skipped: {report.verify['skipped']}")

@@ -312,9 +312,11 @@ class StatqPass:
         if self.refiner is None:
             return {}
         plans = []
+        nested = 0
         for w in todo:
             use = w.uses[0]
             if use.graph is not graph or not use.node.inputs or not use.node.outputs:
+                nested += use.graph is not graph
                 continue
             plans.append(
                 LayerPlan(
@@ -336,6 +338,11 @@ class StatqPass:
             "model_output_sqnr_db": summary.model_sqnr_db,
             "sessions": summary.sessions,
         }
+        if nested:
+            # the calibration streams run the main graph's weights only: their output error leaves these out
+            logger.warning("%d quantized weights inside If/Loop/Scan subgraphs stay data-free", nested)
+            report.calibration["not_calibrated_in_subgraphs"] = nested
+            report.calibration["model_output_sqnr_db"] = None
         report.timings.update(summary.timings)
         return summary.outcomes
 
