@@ -15,7 +15,7 @@ from .config import QuantConfig
 from .errors import ConfigError, OutputError
 from .graph.pass_ import PassResult, StatqPass
 from .io import ZipSizer, load_model, save_model, zipped_size
-from .plan import CalibrationMode, Refiner
+from .plan import CalibrationMode, CalibrationSummary, LayerPlan, Refiner, SensitivityProbe
 from .report import Report
 
 __all__ = ["DEFAULT_CALIB_SAMPLES", "make_refiner", "quantize", "quantize_file"]
@@ -31,6 +31,29 @@ def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
     return base.with_options(**options) if options else base
 
 
+class _Calibration:
+    """The pass's refiner over loaded calibration feeds; it also measures layer sensitivities for the allocation."""
+
+    def __init__(
+        self,
+        feeds: list[dict[str, Any]],
+        mode: CalibrationMode,
+        progress: Callable[[int, int, str], None] | None,
+        compensation: float,
+    ) -> None:
+        self.feeds, self.mode, self.progress, self.compensation = feeds, mode, progress, compensation
+
+    def __call__(self, model: onnx.ModelProto, plans: list[LayerPlan]) -> CalibrationSummary:
+        from .calibrate import calibrate
+
+        return calibrate(model, self.feeds, plans, self.mode, self.progress, compensation=self.compensation)
+
+    def sensitivities(self, model: onnx.ModelProto, probes: list[SensitivityProbe]) -> dict[str, float]:
+        from .calibrate.sensitivity import measure_sensitivities
+
+        return measure_sensitivities(model, self.feeds, probes)
+
+
 def make_refiner(
     model: onnx.ModelProto,
     calib: Any,
@@ -39,16 +62,17 @@ def make_refiner(
     progress: Callable[[int, int, str], None] | None = None,
     compensation: float = DEFAULT_COMPENSATION,
 ) -> Refiner | None:
-    """Load and check calibration data now (errors before any work), and return the pass's refiner."""
+    """Load and check calibration data now (errors before any work), and return the pass's refiner (which the
+    pass also asks for layer sensitivities, see :class:`~onnx_statq.graph.pass_.StatqPass`)."""
     mode = CalibrationMode(mode)
     if calib is None or mode == CalibrationMode.NONE:
         return None
-    from .calibrate import calibrate, load_calibration, model_inputs  # onnxruntime only when calibrating
+    from .calibrate import load_calibration, model_inputs  # onnxruntime only when calibrating
 
     feeds = load_calibration(calib, model_inputs(model), samples)
     if not 0.0 <= compensation <= 1.0:
         raise ConfigError(f"calibration compensation must be between 0 and 1, got {compensation}")
-    return lambda m, plans: calibrate(m, feeds, plans, mode, progress, compensation=compensation)
+    return _Calibration(feeds, mode, progress, compensation)
 
 
 def quantize(

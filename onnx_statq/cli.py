@@ -238,6 +238,13 @@ def main() -> None:
     help="Share of upstream error each layer is fitted to undo (1: reproduce the float output; 0: GPTQ target).",
 )
 @click.option(
+    "--calib-sensitivity",
+    "sensitivity",
+    is_flag=True,
+    default=None,
+    help="Weigh each layer in the bit allocation by its measured effect on the outputs (one run per layer).",
+)
+@click.option(
     "--report",
     "report_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -263,7 +270,17 @@ def quantize(**opts: Any) -> None:
 
 def _config(opts: dict[str, Any]) -> QuantConfig:
     config = QuantConfig.from_file(opts["config_file"]) if opts["config_file"] else QuantConfig()
-    keys = ("bits", "method", "granularity", "min_size", "avg_bits", "allocation", "target_sqnr", "size_ratio")
+    keys = (
+        "bits",
+        "method",
+        "granularity",
+        "min_size",
+        "avg_bits",
+        "allocation",
+        "target_sqnr",
+        "size_ratio",
+        "sensitivity",
+    )
     overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
     if isinstance(overrides.get("bits"), int):
         overrides["auto_bits"] = False

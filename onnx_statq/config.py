@@ -73,6 +73,7 @@ class QuantConfig:
     auto_bits: bool = False  # ``--bits auto``: widths from predicted errors alone, for one of the targets below
     target_sqnr: float | None = None  # per-layer weight SQNR in dB: each layer gets the fewest bits that meet it
     size_ratio: float | None = None  # whole-model budget: the output this many times smaller than the input
+    sensitivity: bool = False  # with calibration data, weigh each layer's error by its measured output sensitivity
     nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
     op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
 
@@ -98,6 +99,8 @@ class QuantConfig:
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
             raise ConfigError("exclude must be a list of node names or op types")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not isinstance(self.sensitivity, bool):
+            raise ConfigError(f"sensitivity must be true or false, got {self.sensitivity!r}")
         for name in ("nodes", "op_types"):
             table = {str(k): _layer(v, f"{name}.{k}") for k, v in dict(getattr(self, name)).items()}
             object.__setattr__(self, name, MappingProxyType(dict(sorted(table.items()))))

@@ -12,7 +12,15 @@ import onnx
 
 from .codebook import EncodedTensor
 
-__all__ = ["CalibrationMode", "CalibrationSummary", "LayerOutcome", "LayerPlan", "Refiner"]
+__all__ = [
+    "CalibrationMode",
+    "CalibrationSummary",
+    "LayerOutcome",
+    "LayerPlan",
+    "Refiner",
+    "Sensitivity",
+    "SensitivityProbe",
+]
 
 
 class CalibrationMode(enum.StrEnum):
@@ -53,3 +61,17 @@ class CalibrationSummary:
 
 
 Refiner = Callable[[onnx.ModelProto, list[LayerPlan]], CalibrationSummary]
+
+
+@dataclass(frozen=True)
+class SensitivityProbe:
+    """One weight of the main graph for a sensitivity measurement: its float values, its values decoded at the
+    reference width, and the relative weight error of those."""
+
+    name: str
+    values: np.ndarray
+    quantized: np.ndarray
+    rel_error: float
+
+
+Sensitivity = Callable[[onnx.ModelProto, list[SensitivityProbe]], dict[str, float]]

@@ -55,6 +55,7 @@ class Report:
     verify: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)  # weight name -> predicted relative error
+    sensitivity: dict[str, float] = field(default_factory=dict)  # weight name -> measured, median 1 (calibration)
 
     def weight_bytes(self) -> tuple[int, int]:
         return sum(r.bytes_before for r in self.layers), sum(r.bytes_after for r in self.layers)
@@ -79,5 +80,6 @@ class Report:
                 "timings": self.timings,
                 "verify": self.verify,
                 "calibration": self.calibration,
+                "sensitivity": self.sensitivity,
             }
         )

@@ -19,11 +19,14 @@ from ..codebook.tensor import Layout, to_groups
 from ..config import QuantConfig
 from ..errors import ConfigError
 
-__all__ = ["DECODE_BYTES", "Choice", "Layer", "choose_bits", "layer_curve", "table_bits"]
+__all__ = ["CHANNEL_DECODE_BYTES", "DECODE_BYTES", "Choice", "Layer", "choose_bits", "layer_curve", "table_bits"]
 
 logger = logging.getLogger(__name__)
 
 DECODE_BYTES = 1400  # serialized size of one layer's decode nodes and their small constants, measured on the demo
+# What a per-channel decode adds to a tensor one (its channel offsets; measured 205 bytes at every width but 8): paid
+# by the layout that needs it. The rest of a decode is about the same whatever the layout, so the budget leaves it out.
+CHANNEL_DECODE_BYTES = 205
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,10 @@ def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
             for b in widths:
                 lay.append(layout.representation)
                 bits.append(b)
-                costs.append((float(size * 16) if b == 16 else stored_bits(size, table, b), anchored[min(b, HI_BITS)]))
+                stored = float(size * 16) if half else stored_bits(size, table, b)
+                if layout.representation == Representation.CHANNEL:
+                    stored += 8 * CHANNEL_DECODE_BYTES
+                costs.append((stored, anchored[min(b, HI_BITS)]))
                 pred.append(curve)
         out.layout.append(lay)
         out.bits.append(bits)
@@ -120,13 +126,23 @@ def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
     return out
 
 
-def choose_bits(config: QuantConfig, layers: Sequence[Layer], other_bytes: int, input_bytes: int) -> Choice:
+def choose_bits(
+    config: QuantConfig,
+    layers: Sequence[Layer],
+    other_bytes: int,
+    input_bytes: int,
+    importance: Sequence[float] | None = None,
+) -> Choice:
     """Widths (and, where a layer has alternatives, layouts) for the free layers under ``config``'s target.
 
     ``other_bytes`` is what the output keeps besides these layers (graph, kept tensors), ``input_bytes`` the input
-    file size; both only matter for ``size_ratio``.
+    file size; both only matter for ``size_ratio``. ``importance`` weighs each layer's error in the sum the budget
+    minimises (measured sensitivities; equal without calibration data). A per-layer SQNR target ignores it.
     """
     opts = _options(config, layers)
+    if importance is not None:
+        weighted = [[(c, e * w) for c, e in costs] for costs, w in zip(opts.costs, importance, strict=True)]
+        opts = _Options(opts.layout, opts.bits, weighted, opts.predicted)
     if config.target_sqnr is not None:
         target = 10 ** (-config.target_sqnr / 10)
         chosen = [_cheapest_meeting(costs, target) for costs in opts.costs]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,10 @@ import onnx_graphsurgeon as gs
 from ..codebook import EncodedTensor, Granularity, Representation, encode_tensor
 from ..codebook.allocate import HI_BITS
 from ..codebook.tensor import Layout, alternatives, encode_half
-from ..config import QuantConfig, Resolved
+from ..config import Allocation, QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
 from ..lazy import attach, deferred_values_of, materialize, values_of
-from ..plan import LayerOutcome, LayerPlan, Refiner
+from ..plan import LayerOutcome, LayerPlan, Refiner, Sensitivity, SensitivityProbe
 from ..report import LayerRecord, Report, SkipRecord
 from .allocation import DECODE_BYTES, Layer, choose_bits
 from .bias import add_bias
@@ -111,10 +112,13 @@ class StatqPass:
         config: QuantConfig | None = None,
         progress: Callable[[int, int, str], None] | None = None,
         refiner: Refiner | None = None,
+        sensitivity: Sensitivity | None = None,
     ):
         self.config = config or QuantConfig()
         self.progress = progress
         self.refiner = refiner  # calibration, injected so that this module never runs a session
+        # with calibration data, the allocation weighs each layer by its measured sensitivity (api's refiner has it)
+        self.sensitivity: Sensitivity | None = sensitivity or getattr(refiner, "sensitivities", None)
 
     def __call__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None) -> PassResult:
         """Quantize ``model``. With ``base_dir``, tensors left in external data files (``load_model(lazy=True)``)
@@ -129,7 +133,7 @@ class StatqPass:
             attach(graph, Path(base_dir))
         report = Report(config=self.config.to_dict())
         fresh = _namer(graph)
-        todo, encoded = self.plan(graph, report, overhead=overhead)
+        todo, encoded = self.plan(graph, report, overhead=overhead, model=model)
         positions = {id(n): i for i, n in enumerate(graph.nodes)}
         outcomes = self._refine(model, graph, todo, encoded, positions, report)
         for w in todo:
@@ -142,7 +146,7 @@ class StatqPass:
         return PassResult(out, report)
 
     def plan(
-        self, graph: gs.Graph, report: Report, overhead: int = 0
+        self, graph: gs.Graph, report: Report, overhead: int = 0, model: onnx.ModelProto | None = None
     ) -> tuple[list[_Weight], dict[int, EncodedTensor]]:
         """Find, admit and encode every weight, with the bit allocation: every choice of the data-free pass, with
         the graph untouched. Skips go to ``report``; ``onnx-statq inspect`` shows exactly these choices."""
@@ -163,8 +167,38 @@ class StatqPass:
         if self.progress:
             self.progress(len(todo), len(todo), "")
         if self.config.allocates:
-            self._allocate(todo, encoded, report, _constant_bytes(graph) + overhead)
+            importance = self._sensitivities(model, graph, todo, encoded, report) if model is not None else None
+            self._allocate(todo, encoded, report, _constant_bytes(graph) + overhead, importance)
         return todo, encoded
+
+    def _sensitivities(
+        self,
+        model: onnx.ModelProto,
+        graph: gs.Graph,
+        todo: list[_Weight],
+        encoded: dict[int, EncodedTensor],
+        report: Report,
+    ) -> dict[str, float] | None:
+        """Measured sensitivity per main-graph weight, normalised to a median of 1 (others get 1), or None without
+        calibration data."""
+        if self.sensitivity is None or not self.config.sensitivity or self.config.allocation != Allocation.AUTO:
+            return None
+        probes = [
+            SensitivityProbe(
+                w.tensor.name, w.values, encoded[id(w)].decoded().astype(w.values.dtype), encoded[id(w)].rel_error
+            )
+            for w in todo
+            if all(u.graph is graph for u in w.uses)
+        ]
+        if not probes:
+            return None
+        t0 = time.perf_counter()
+        measured = self.sensitivity(model, probes)
+        report.timings["sensitivity_s"] = time.perf_counter() - t0
+        positive = [v for v in measured.values() if v > 0]
+        scale = float(np.median(positive)) if positive else 1.0
+        report.sensitivity = {k: v / scale for k, v in measured.items()}
+        return report.sensitivity
 
     def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
         found: dict[int, _Weight] = {}
@@ -243,7 +277,12 @@ class StatqPass:
         )
 
     def _allocate(
-        self, todo: list[_Weight], encoded: dict[int, EncodedTensor], report: Report, input_bytes: int
+        self,
+        todo: list[_Weight],
+        encoded: dict[int, EncodedTensor],
+        report: Report,
+        input_bytes: int,
+        importance: dict[str, float] | None = None,
     ) -> None:
         """Re-encode codebook weights at per-layer widths, and layouts where the granularity is ``auto``, for the
         configured target (explicit per-node/op bits stay), and record every codebook layer's predicted error next
@@ -254,7 +293,8 @@ class StatqPass:
         other = input_bytes - sum(int(w.values.nbytes) for w in free)
         other -= sum(int(w.values.nbytes) - encoded[id(w)].stored_bytes for w in kept)
         other += DECODE_BYTES * len(todo)
-        choice = choose_bits(self.config, layers, other, input_bytes)
+        weighs = [importance.get(w.tensor.name, 1.0) for w in free] if importance else None
+        choice = choose_bits(self.config, layers, other, input_bytes, weighs)
         target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
         layouts = choice.layouts or [encoded[id(w)].representation for w in free]
         for i, (w, b, curve, layout) in enumerate(zip(free, choice.bits, choice.predicted, layouts, strict=True)):
