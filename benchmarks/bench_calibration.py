@@ -22,7 +22,12 @@ Outputs, rewritten atomically after every row so an interrupted run keeps what i
 Run from the repository root (a full run takes 40-60 minutes on 2 cores)::
 
     python -m benchmarks.bench_calibration [--quick] [--tasks digits,magika,ppocr_rec,minilm]
-        [--bits 4,3,2] [--samples N]
+        [--bits 4,3,2] [--samples N] [--modes none,independent,sequential] [--compensations 0,1]
+        [--feedback default|on|off|both] [--out NAME]
+
+``--feedback both`` runs every calibrated setting with and without the error-feedback (GPTQ-style) assignment
+(rows labelled ``+fb``/``-fb`` where they differ from the pass default; ``calib fit s`` then shows the time of
+the feedback assignment in brackets). ``--modes`` and ``--compensations ''`` narrow the grid.
 
 ``--tasks`` defaults to ``benchmarks.tasks.TASKS`` and also accepts the extra tasks (ppocr_det, ppocr_cls),
 which run only when named.
@@ -34,6 +39,8 @@ which run only when named.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -52,12 +59,12 @@ if not __package__:  # Run as a script: import the package from the repo root, n
 import numpy as np
 import onnxruntime as ort
 
-import onnx_statq.calibrate  # noqa: F401  (the pass imports it lazily; load it now, see main())
+import onnx_statq.calibrate  # the pass imports it lazily; load it now (see main()) and wrap it (error_feedback)
 from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evaluate_row, machine_info
 from benchmarks.tasks import ALL_TASKS, TASKS
 from benchmarks.tasks._common import make_session
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
-from onnx_statq.calibrate.session import model_output_sqnr
+from onnx_statq.calibrate.session import DEFAULT_ERROR_FEEDBACK, model_output_sqnr
 from onnx_statq.config import QuantConfig
 from onnx_statq.report import Report
 
@@ -83,14 +90,20 @@ class Setting:
     bits: int
     mode: str
     compensation: float = DEFAULT_COMPENSATION
+    error_feedback: bool = DEFAULT_ERROR_FEEDBACK
 
     @property
     def label(self) -> str:
-        """'seq/3', or 'seq/3 c=0' when the compensation is not the default: short enough for a table column."""
+        """'seq/3', 'seq/3 c=0' when the compensation is not the default, '+fb'/'-fb' when the error-feedback
+        assignment is not the default: short enough for a table column."""
         base = f"{MODE_SHORT[self.mode]}/{self.bits}"
-        if self.mode == "none" or self.compensation == DEFAULT_COMPENSATION:
+        if self.mode == "none":
             return base
-        return f"{base} c={self.compensation:g}"
+        if self.compensation != DEFAULT_COMPENSATION:
+            base = f"{base} c={self.compensation:g}"
+        if self.error_feedback != DEFAULT_ERROR_FEEDBACK:
+            base += " +fb" if self.error_feedback else " -fb"
+        return base
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +114,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bits", type=lambda s: _csv(int, s), default=None)
     parser.add_argument("--samples", type=int, default=None, help="calibration samples (default 32; digits 64)")
     parser.add_argument("--out", default=None, help="output name under benchmarks/results (default calibration)")
+    parser.add_argument(
+        "--modes", type=lambda s: _csv(str, s), default=list(MODES), help=f"subset of {','.join(MODES)} (default all)"
+    )
+    parser.add_argument(
+        "--compensations",
+        type=lambda s: _csv(float, s) if s else [],
+        default=list(EXTRA_COMPENSATIONS),
+        help=f"extra sequential compensations at {COMPENSATION_BITS} bits (default 0,1; '' for none)",
+    )
+    parser.add_argument(
+        "--feedback",
+        choices=("default", "on", "off", "both"),
+        default="default",
+        help="error-feedback (GPTQ-style) assignment in calibrated rows: the pass default, on, off, or both",
+    )
     args = parser.parse_args(argv)
     if args.tasks is None:
         args.tasks = [t for t in TASKS if not (args.quick and t in QUICK_SKIP)]
@@ -109,20 +137,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(ALL_TASKS)}")
     if args.samples is not None and args.samples < 1:
         parser.error("--samples must be at least 1")
+    if set(args.modes) - set(MODES):
+        parser.error(f"unknown mode(s) {sorted(set(args.modes) - set(MODES))}; known: {', '.join(MODES)}")
     args.bits = args.bits or ([4, 3] if args.quick else [4, 3, 2])
     args.out = args.out or ("calibration_quick" if args.quick else "calibration")
     args.limit = QUICK_LIMIT if args.quick else None
     return args
 
 
-def settings(bits: list[int]) -> list[Setting]:
-    """The grid in reading order: per bit width the three modes, then the compensation variants at 3 bits."""
+FEEDBACK_CHOICES = {
+    "default": (DEFAULT_ERROR_FEEDBACK,),
+    "on": (True,),
+    "off": (False,),
+    "both": (False, True),
+}
+
+
+def settings(
+    bits: list[int],
+    modes: list[str] | tuple[str, ...] = MODES,
+    compensations: list[float] | tuple[float, ...] = EXTRA_COMPENSATIONS,
+    feedback: str = "default",
+) -> list[Setting]:
+    """The grid in reading order: per bit width the modes (each calibrated one with every error-feedback choice),
+    then the sequential compensation variants at 3 bits."""
     grid = []
+    fbs = FEEDBACK_CHOICES[feedback]
     for b in bits:
-        grid += [Setting(b, m) for m in MODES]
-        if b == COMPENSATION_BITS:
-            grid += [Setting(b, "sequential", c) for c in EXTRA_COMPENSATIONS]
+        for m in (m for m in MODES if m in modes):
+            grid += [Setting(b, m)] if m == "none" else [Setting(b, m, error_feedback=f) for f in fbs]
+        if b == COMPENSATION_BITS and "sequential" in modes:
+            grid += [Setting(b, "sequential", c, f) for c in compensations for f in fbs]
     return grid
+
+
+@contextlib.contextmanager
+def error_feedback(on: bool):  # type: ignore[no-untyped-def]
+    """Run the pass's calibration with or without the error-feedback assignment.
+
+    The public API has no option for it yet, so the package's ``calibrate`` (looked up by ``api.make_refiner`` at
+    call time) is wrapped for the duration of one quantization.
+    """
+    pkg = onnx_statq.calibrate
+    original = pkg.calibrate
+    pkg.calibrate = functools.partial(original, error_feedback=on)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pkg.calibrate = original
 
 
 def samples_for(task: str, override: int | None) -> int:
@@ -219,16 +281,17 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="statq-calib-") as tmp:
         dst = Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        report = quantize_file(
-            ctx.model,
-            dst,
-            QuantConfig(bits=setting.bits),
-            verify=False,
-            calib=ctx.feeds if calibrated else None,
-            calib_samples=None,  # a list of feeds is counted in feeds, not samples: pass them all
-            calib_mode=setting.mode,
-            calib_compensation=setting.compensation,
-        )
+        with error_feedback(setting.error_feedback):
+            report = quantize_file(
+                ctx.model,
+                dst,
+                QuantConfig(bits=setting.bits),
+                verify=False,
+                calib=ctx.feeds if calibrated else None,
+                calib_samples=None,  # a list of feeds is counted in feeds, not samples: pass them all
+                calib_mode=setting.mode,
+                calib_compensation=setting.compensation,
+            )
         row["quantize_total_s"] = time.perf_counter() - start
         if calibrated:
             passes = before + time_float_passes(ctx.session, ctx.feeds)
@@ -244,6 +307,7 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
         quantize_s=timings.get("quantize_s"),
         calib_run_s=timings.get("calib_run_s"),
         calib_fit_s=timings.get("calib_fit_s"),
+        calib_feedback_s=timings.get("calib_feedback_s"),
         report_output_sqnr_db=cal.get("model_output_sqnr_db"),
         calib_samples=cal.get("samples"),
         calib_sessions=cal.get("sessions"),
@@ -269,6 +333,7 @@ def _row_head(task: str, setting: Setting) -> dict[str, Any]:
         "bits": setting.bits,
         "mode": setting.mode,
         "compensation": setting.compensation if setting.mode != "none" else None,
+        "error_feedback": setting.error_feedback if setting.mode != "none" else None,
     }
 
 
@@ -293,10 +358,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def _find(rows: list[dict[str, Any]], task: str, bits: int, mode: str, comp: float | None = None) -> dict | None:
-    """The row of one task/bits/mode (default compensation unless given); None when it was not run."""
+    """The row of one task/bits/mode (default compensation and error feedback unless given); None when not run."""
     want = None if mode == "none" else (DEFAULT_COMPENSATION if comp is None else comp)
+    fb = None if mode == "none" else DEFAULT_ERROR_FEEDBACK
     for r in rows:
-        if r["task"] == task and r.get("bits") == bits and r.get("mode") == mode and r.get("compensation") == want:
+        same = r["task"] == task and r.get("bits") == bits and r.get("mode") == mode
+        if same and r.get("compensation") == want and r.get("error_feedback", fb if mode == "none" else False) == fb:
             return r
     return None
 
@@ -419,7 +486,8 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _f(row.get("report_output_sqnr_db"), ".2f"),
         _f(row.get("quantize_s"), ".2f"),
         _f(row.get("calib_run_s"), ".2f") + (f" ({row['calib_sessions']})" if row.get("calib_sessions") else ""),
-        _f(row.get("calib_fit_s"), ".2f"),
+        _f(row.get("calib_fit_s"), ".2f")
+        + (f" (fb {row['calib_feedback_s']:.2f})" if row.get("calib_feedback_s") is not None else ""),
         _f(None if row.get("float_pass_s") is None else 1000.0 * row["float_pass_s"], ".1f"),
         _f(row.get("run_x_float"), ".1f") + ("×" if row.get("run_x_float") is not None else ""),
         _f(row.get("file_ratio"), ".2f"),
@@ -498,7 +566,8 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "(`report.calibration['model_output_sqnr_db']`, only with calibration). quant s: the quantization pass "
         "including calibration; calib run s: onnxruntime work of calibration, building and running the segment "
         "sessions of both streams (their count in brackets); calib fit s: the rest of calibration, numpy work: "
-        "im2col patches and Gram matrices of every layer input, then the least-squares solves. 1 float pass ms: "
+        "im2col patches and Gram matrices of every layer input, then the least-squares solves (fb: of which the "
+        "error-feedback assignment). 1 float pass ms: "
         "one warm float forward pass over all calibration feeds (onnxruntime CPU, full graph optimisation as in the "
         f"evaluation; median of {FLOAT_PASS_REPEATS} passes right before and {FLOAT_PASS_REPEATS} right after that "
         f"row's quantization); run × pass = calib run s / 1 float pass (target <= {MAX_RUN_X_FLOAT:g}×). layers: "
@@ -519,7 +588,9 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
     payload = {
         "machine": machine,
         "limit": args.limit,
-        "options": {k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick")},
+        "options": {
+            k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick", "modes", "compensations", "feedback")
+        },
         "summary": summary(rows, args.bits),
         "rows": rows,
     }
@@ -546,7 +617,7 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
     sink.append(ref)
     print_row(ref)
     write_results(sink, machine, args)
-    for setting in settings(args.bits):
+    for setting in settings(args.bits, args.modes, args.compensations, args.feedback):
         try:
             row = quantized_row(ctx, setting)
         except Exception as exc:  # one failing setting is a result, not a crash

@@ -9,20 +9,26 @@ calibration batches: memory O(n_in^2), whatever the number of samples.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..codebook import Codebook, EncodedTensor, LevelDType, Representation, from_groups
+from ..codebook import Codebook, EncodedTensor, LevelDType, Representation, from_groups, to_groups
 from ..codebook.tensor import channel_rel_error
+from .feedback import feedback_assign, target_weights
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MAX_ROWS", "GramStats", "LayerGeometry", "RefitResult", "patches", "refit_layer"]
 
 MAX_ROWS = 8192  # patch rows kept per layer over all batches: enough for Gram statistics, bounded cost
+# The level refit costs O(out * in^2 * K): with 64 levels or more (6+ bits) a second one for the error-feedback
+# candidate took minutes per MiniLM layer, and so many levels leave little for a refit to move, so that candidate
+# keeps the data-free levels there.
+FEEDBACK_REFIT_MAX_K = 32
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,14 @@ class LayerGeometry:
         if self.op == "Gemm" and int(self.attrs.get("transB", 0)):
             return w
         return w.T  # MatMul B [K, N] and Gemm B [K, N]
+
+    def unrows(self, rows: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`rows`: the weight tensor's layout again."""
+        if self.op == "Conv":
+            return rows.reshape(self.weight_shape)
+        if self.op == "Gemm" and int(self.attrs.get("transB", 0)):
+            return rows
+        return rows.T
 
 
 def supported(op: str, attrs: dict[str, Any], weight_shape: tuple[int, ...], slot: int) -> str | None:
@@ -119,6 +133,7 @@ class RefitResult:
     output_sqnr_before_db: float
     output_sqnr_after_db: float
     refitted: bool
+    feedback_s: float = 0.0  # seconds of the error-feedback assignment and its refit (part of the fit time)
 
 
 def _quad_error(w: np.ndarray, g: np.ndarray, h: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -225,6 +240,52 @@ def _target(stats: GramStats, wf: np.ndarray, lam: float) -> tuple[np.ndarray, n
     return h, yy, y_sum
 
 
+def _group_rows(enc: EncodedTensor, geo: LayerGeometry) -> np.ndarray:
+    """``[C, n]``: which codebook (row of ``enc.codebook.levels``) each weight of the layer rows uses."""
+    assert enc.indices is not None
+    if enc.representation == Representation.TENSOR:
+        return np.zeros(geo.rows(np.empty(enc.shape, np.int8)).shape, np.intp)
+    ids = np.broadcast_to(np.arange(enc.indices.shape[0])[:, None], enc.indices.shape)
+    return geo.rows(from_groups(ids, enc.shape, enc.axis)).astype(np.intp)
+
+
+def _with_rows(enc: EncodedTensor, geo: LayerGeometry, idx_rows: np.ndarray) -> EncodedTensor:
+    """``enc`` with its assignment replaced by ``idx_rows`` (layer-row layout)."""
+    axis = enc.axis if enc.representation == Representation.CHANNEL else None
+    groups = to_groups(geo.unrows(idx_rows), axis).astype(np.uint8)
+    return EncodedTensor(enc.representation, enc.shape, enc.axis, enc.codebook, groups, None, 0.0, enc.stored_bytes)
+
+
+def _feedback_candidate(
+    enc: EncodedTensor, geo: LayerGeometry, wf: np.ndarray, g: np.ndarray, h: np.ndarray
+) -> EncodedTensor:
+    """``enc``'s codebook with the error-feedback assignment towards the refit target."""
+    assert enc.codebook is not None
+    idx = feedback_assign(target_weights(wf, g, h), g, enc.codebook.levels, _group_rows(enc, geo))
+    return _with_rows(enc, geo, idx)
+
+
+def _pick(
+    a: EncodedTensor, b: EncodedTensor, geo: LayerGeometry, g: np.ndarray, h: np.ndarray, yy: np.ndarray
+) -> EncodedTensor:
+    """The candidate with the lower calibration error: per codebook when each layer row owns one, else overall."""
+    assert a.codebook is not None and b.codebook is not None and a.indices is not None and b.indices is not None
+    err_a = _quad_error(geo.rows(a.decoded()).astype(np.float64), g, h, yy)
+    err_b = _quad_error(geo.rows(b.decoded()).astype(np.float64), g, h, yy)
+    gid = _group_rows(a, geo)
+    own = a.codebook.groups == gid.shape[0] and bool(np.all(gid == gid[:, :1]))
+    if a.codebook.groups == 1 or not own:
+        return b if err_b.sum() < err_a.sum() else a
+    take_b = np.zeros(a.codebook.groups, bool)
+    take_b[gid[:, 0]] = err_b < err_a
+    if not take_b.any():
+        return a
+    levels = np.where(take_b[:, None], b.codebook.levels, a.codebook.levels)
+    idx = np.where(take_b[:, None], b.indices, a.indices)
+    cb = Codebook(levels, a.codebook.bits, a.codebook.level_dtype)
+    return EncodedTensor(a.representation, a.shape, a.axis, cb, idx, None, 0.0, a.stored_bytes)
+
+
 def refit_layer(
     enc: EncodedTensor,
     w_float: np.ndarray,
@@ -232,30 +293,44 @@ def refit_layer(
     stats: GramStats,
     refit_levels: bool = True,
     compensation: float = 1.0,
+    error_feedback: bool = False,
 ) -> RefitResult:
-    """Refit ``enc``'s levels by least squares (assignment kept) and compute the bias correction.
+    """Refit ``enc``'s levels by least squares and compute the bias correction.
 
-    A refit is kept per codebook only when it lowers the calibration error, so calibration never makes a layer
-    worse on the calibration data; the ridge term keeps near-singular Gram matrices solvable.
+    The assignment is the statistical one (nearest level) unless ``error_feedback``: then the GPTQ-style assignment
+    of :mod:`feedback` is tried too, its levels refitted the same way (up to ``FEEDBACK_REFIT_MAX_K`` levels), and
+    whichever of the two has the lower calibration error is kept (per codebook for per-channel codebooks).
+
+    A refit is kept per codebook only when it lowers the calibration error, so calibration never makes a layer worse
+    on the calibration data; the ridge term keeps near-singular Gram matrices solvable.
     """
     assert stats.gqq is not None and stats.sum_q is not None
     wf = geo.rows(w_float).astype(np.float64)
     h, yy, y_sum = _target(stats, wf, compensation)
     before = _quad_error(geo.rows(enc.decoded()).astype(np.float64), stats.gqq, h, yy)
     new = enc
-    if refit_levels and enc.representation != Representation.FLOAT16:
-        new = _refit_levels(enc, geo, stats.gqq, h, yy)
-        new = EncodedTensor(
-            new.representation,
-            new.shape,
-            new.axis,
-            new.codebook,
-            new.indices,
-            None,
-            channel_rel_error(w_float, new.decoded(), enc.axis),
-            enc.stored_bytes,
-        )
+    feedback_s = 0.0
+    if (refit_levels or error_feedback) and enc.representation != Representation.FLOAT16:
+        new = _refit_levels(enc, geo, stats.gqq, h, yy) if refit_levels else enc
+        t0 = time.perf_counter()
+        if error_feedback:
+            cand = _feedback_candidate(enc, geo, wf, stats.gqq, h)
+            if refit_levels and enc.codebook is not None and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
+                cand = _refit_levels(cand, geo, stats.gqq, h, yy)
+            new = _pick(new, cand, geo, stats.gqq, h, yy)
+        feedback_s = time.perf_counter() - t0
+        if new is not enc:
+            new = EncodedTensor(
+                new.representation,
+                new.shape,
+                new.axis,
+                new.codebook,
+                new.indices,
+                None,
+                channel_rel_error(w_float, new.decoded(), enc.axis),
+                enc.stored_bytes,
+            )
     wq = geo.rows(new.decoded()).astype(np.float64)
     after = _quad_error(wq, stats.gqq, h, yy)
     delta = (y_sum - stats.sum_q @ wq.T) / max(stats.rows, 1)
-    return RefitResult(new, delta.astype(np.float32), _db(before, yy), _db(after, yy), new is not enc)
+    return RefitResult(new, delta.astype(np.float32), _db(before, yy), _db(after, yy), new is not enc, feedback_s)

@@ -18,8 +18,16 @@ from .types import MAX_BITS, Codebook, LevelDType, Method
 
 __all__ = [
     "PLACEMENT_PER_BIN",
-    "SKETCH_BINS", "SKETCH_SAMPLE", "SKETCH_STEPS", "SKETCH_TAIL", "TAIL_MIN_K", "fit", "kmeans_levels", "sigma_levels",
-    "uniform_levels"]
+    "SKETCH_BINS",
+    "SKETCH_SAMPLE",
+    "SKETCH_STEPS",
+    "SKETCH_TAIL",
+    "TAIL_MIN_K",
+    "fit",
+    "kmeans_levels",
+    "sigma_levels",
+    "uniform_levels",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,15 @@ from .ggd_table import GGD_BETAS, GGD_ERROR, GGD_KS
 from .stats import few_distinct
 
 __all__ = [
-    "FINITE_A", "FINITE_P", "FINITE_Q", "finite_sample", "ggd_kurtosis", "predict_curve", "predict_rel_error",
-    "sketch_curve", "unit_error",
+    "FINITE_A",
+    "FINITE_P",
+    "FINITE_Q",
+    "finite_sample",
+    "ggd_kurtosis",
+    "predict_curve",
+    "predict_rel_error",
+    "sketch_curve",
+    "unit_error",
 ]
 
 FINITE_A = 3.413
