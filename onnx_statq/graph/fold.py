@@ -3,7 +3,7 @@
 PyTorch exports an LSTM or GRU with its weights sliced per gate and concatenated back in ONNX's gate order
 (``Unsqueeze(Concat(Slice(W), Slice(W), ...))``), and some exporters transpose or reshape a constant weight on its
 way to a MatMul. The weight input of the layer is then computed, not constant, and the pass would not see it: in
-silero-vad the LSTM weights are three quarters of the file. Such a chain computes the same tensor every run, and
+silero VAD the LSTM weights are half of the file. Such a chain computes the same tensor every run, and
 onnxruntime folds it at session creation anyway; folding it here gives the layer a constant weight the pass can
 encode, and removes the chain's nodes (and, once nothing else reads them, its source constants).
 

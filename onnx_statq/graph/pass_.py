@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,15 +27,22 @@ from ..report import LayerRecord, Report, SkipRecord
 from .allocation import DECODE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
-from .fold import fold_weight_chains
 from .handlers import weight_slots
+from .model_io import (
+    FLOATS,
+    constant_bytes,
+    constant_source,
+    default_opset,
+    export_graph,
+    graphs,
+    import_graph,
+    is_float,
+    namer,
+)
 
 __all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
 
 logger = logging.getLogger(__name__)
-
-_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-_MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string")
 
 
 @dataclass
@@ -78,32 +85,6 @@ class PassResult:
     report: Report
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    raise UnsupportedModelError("model imports no default-domain opset")
-
-
-def _graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """The graph and all its subgraphs (If/Loop/Scan bodies), outer first."""
-    yield graph
-    for node in graph.nodes:
-        for attr in node.attrs.values():
-            subs = attr if isinstance(attr, list) else [attr]
-            for sub in subs:
-                if isinstance(sub, gs.Graph):
-                    yield from _graphs(sub)
-
-
-def _constant_source(t: gs.Tensor) -> gs.Node | None:
-    if isinstance(t, gs.Variable) and len(t.inputs) == 1:
-        node = t.inputs[0]
-        if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
-            return node
-    return None
-
-
 class StatqPass:
     """``StatqPass(config)(model) -> PassResult``: stateless, so one instance can run on many models."""
 
@@ -132,7 +113,7 @@ class StatqPass:
         if base_dir is not None:
             attach(graph, Path(base_dir))
         report = Report(config=self.config.to_dict())
-        fresh = _namer(graph)
+        fresh = namer(graph)
         todo, encoded = self.plan(graph, report, overhead=overhead, model=model)
         positions = {id(n): i for i, n in enumerate(graph.nodes)}
         outcomes = self._refine(model, graph, todo, encoded, positions, report)
@@ -140,7 +121,7 @@ class StatqPass:
             outcome = outcomes.get(w.tensor.name)
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
             self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, report, outcome)
-        out = _export(graph, model)
+        out = export_graph(graph, model)
         if base_dir is not None:
             materialize(out, Path(base_dir))
         return PassResult(out, report)
@@ -168,7 +149,7 @@ class StatqPass:
             self.progress(len(todo), len(todo), "")
         if self.config.allocates:
             importance = self._sensitivities(model, graph, todo, encoded, report) if model is not None else None
-            self._allocate(todo, encoded, report, _constant_bytes(graph) + overhead, importance)
+            self._allocate(todo, encoded, report, constant_bytes(graph) + overhead, importance)
         return todo, encoded
 
     def _sensitivities(
@@ -203,14 +184,14 @@ class StatqPass:
     def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
         found: dict[int, _Weight] = {}
         # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
-        homes = {id(n): g for g in _graphs(graph) for n in g.nodes if n.op == "Constant"}
-        for g in _graphs(graph):
+        homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
+        for g in graphs(graph):
             for node in g.nodes:
                 for slot in weight_slots(node.op, node.domain or ""):
                     if slot.index >= len(node.inputs):
                         continue
                     t = node.inputs[slot.index]
-                    source = _constant_source(t)
+                    source = constant_source(t)
                     if not isinstance(t, gs.Constant) and source is None:
                         continue
                     w = found.setdefault(id(t), _Weight(t, source, homes[id(source)] if source is not None else None))
@@ -222,12 +203,12 @@ class StatqPass:
 
     def _report_other_constants(self, graph: gs.Graph, found: dict[int, _Weight], report: Report) -> None:
         seen: set[int] = set()
-        for g in _graphs(graph):
+        for g in graphs(graph):
             for node in g.nodes:
                 for i, t in enumerate(node.inputs):
                     if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
                         seen.add(id(t))
-                        if _is_float(t.dtype):
+                        if is_float(t.dtype):
                             size = int(np.prod(t.shape))
                             reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"
                             report.skipped.append(SkipRecord(t.name, reason, size))
@@ -246,9 +227,9 @@ class StatqPass:
             return "already encoded by onnx-statq (a codebook of an earlier run)"
         if any(u.settings.skip for u in w.uses):
             return "excluded by --exclude or config"
-        if values.dtype not in _FLOATS:
+        if values.dtype not in FLOATS:
             return f"dtype {values.dtype} is not a float type this pass encodes"
-        if any(w.tensor.name == i.name for g in _graphs(graph) for i in g.inputs):
+        if any(w.tensor.name == i.name for g in graphs(graph) for i in g.inputs):
             return "also a graph input, so it can be overridden at run time"
         if values.size < self.config.min_size:
             return f"{values.size} elements, below min-size {self.config.min_size}"
@@ -401,7 +382,7 @@ class StatqPass:
             report.skipped.append(SkipRecord(w.tensor.name, kept, values.size))
             return
         # A Constant node's decode stays in its graph; an initializer's goes to its first user's graph, which is
-        # the outermost of its users because _graphs walks outer graphs first.
+        # the outermost of its users because graphs() walks outer graphs first.
         home = w.source_graph or w.uses[0].graph
         target = self._detach(w)
         nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix=f"statq{len(report.layers)}")
@@ -456,100 +437,3 @@ def unchanged_reason(values: np.ndarray, enc: EncodedTensor) -> str | None:
     if enc.representation == "float16" and values.dtype == np.float16:
         return "already float16; a codebook would not pay"
     return None
-
-
-def _constant_bytes(graph: gs.Graph) -> int:
-    """Bytes of every constant tensor in the model, the input side of ``size_ratio``."""
-    total = 0
-    for g in _graphs(graph):
-        for t in g.tensors().values():
-            if isinstance(t, gs.Constant):
-                total += int(np.prod(t.shape, dtype=np.int64)) * _itemsize(t.dtype)
-        for n in g.nodes:
-            if n.op == "Constant" and isinstance(n.attrs.get("value"), gs.Constant):
-                v = n.attrs["value"]
-                total += int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype)
-    return total
-
-
-def _is_float(dtype: object) -> bool:
-    """Float types this pass reports; graphsurgeon keeps bfloat16 and float8 as ONNX type numbers."""
-    if isinstance(dtype, int):
-        return dtype in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT)
-    try:
-        return np.dtype(dtype) in _FLOATS  # type: ignore[call-overload]
-    except TypeError:
-        return False
-
-
-def _itemsize(dtype: object) -> int:
-    """Bytes per element; graphsurgeon keeps types numpy lacks (bfloat16, float8, int4) as ONNX type numbers."""
-    if isinstance(dtype, int):
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize)
-    return int(np.dtype(dtype).itemsize)  # type: ignore[call-overload]
-
-
-def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
-    """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
-    graph = gs.import_onnx(model)
-    _restore_initializer_inputs(graph, model)
-    _fold_chains(graph, model)
-    try:
-        size = model.ByteSize()
-    except Exception:  # protobuf refuses to size a message over 2 GB; only --size-ratio reads this, as a small term
-        logger.debug("model too large to size in memory; graph overhead taken as 0")
-        return graph, 0
-    return graph, max(0, size - _constant_bytes(graph))
-
-
-def _fold_chains(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """Give layers whose weight is computed from constants by data-movement ops a constant weight
-    (:mod:`.fold`), with names no other tensor or node has."""
-    fold_weight_chains(list(_graphs(graph)), default_opset(model), _namer(graph))
-
-
-def _namer(graph: gs.Graph) -> Callable[[str], str]:
-    """``fresh(base)``: ``base``, or ``base_<n>``, never a name a tensor or node of any (sub)graph has or had from
-    an earlier call: graph-wide, because a subgraph sees its enclosing graphs' names."""
-    names = {t for g in _graphs(graph) for t in g.tensors()} | {n.name for g in _graphs(graph) for n in g.nodes}
-
-    def fresh(base: str) -> str:
-        name, n = base, 0
-        while name in names:
-            n += 1
-            name = f"{base}_{n}"
-        names.add(name)
-        return name
-
-    return fresh
-
-
-def _restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """graphsurgeon drops initializers from the graph inputs. From IR 4 on, listing one there makes it overridable
-    at run time: put it back (in the original order), so that it stays an input and the pass leaves it alone. Below
-    IR 4 every initializer had to be listed, so it says nothing; :func:`_export` lists them all again."""
-    if model.ir_version < 4 or len(graph.inputs) == len(model.graph.input):
-        return
-    tensors = graph.tensors()
-    graph.inputs = [tensors[i.name] for i in model.graph.input if i.name in tensors]
-
-
-def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export, then restore what graphsurgeon does not carry: model metadata, doc strings, opsets, IR version."""
-    out = gs.export_onnx(graph, do_type_check=False)
-    if original.ir_version < 4:  # IR 3 wants every initializer, the new codebooks too, among the graph inputs
-        listed = {i.name for i in out.graph.input}
-        out.graph.input.extend(
-            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-            for t in out.graph.initializer
-            if t.name not in listed
-        )
-    for name in _MODEL_FIELDS:
-        setattr(out, name, getattr(original, name))
-    del out.opset_import[:]
-    out.opset_import.extend(original.opset_import)
-    del out.metadata_props[:]
-    out.metadata_props.extend(original.metadata_props)
-    if original.graph.doc_string:
-        out.graph.doc_string = original.graph.doc_string
-    return out

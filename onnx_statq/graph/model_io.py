@@ -1,0 +1,158 @@
+"""The pass's view of a model: import into graphsurgeon (with weight chains folded), walk every (sub)graph, name
+new tensors, count constant bytes, and export with everything graphsurgeon does not carry restored.
+
+Kept apart from :mod:`.pass_`, which decides what to encode; nothing here looks at weight values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import UnsupportedModelError
+from .fold import fold_weight_chains
+
+__all__ = [
+    "FLOATS",
+    "constant_bytes",
+    "constant_source",
+    "default_opset",
+    "export_graph",
+    "graphs",
+    "import_graph",
+    "is_float",
+    "itemsize",
+    "namer",
+]
+
+logger = logging.getLogger(__name__)
+
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise UnsupportedModelError("model imports no default-domain opset")
+
+
+def graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """The graph and all its subgraphs (If/Loop/Scan bodies), outer first."""
+    yield graph
+    for node in graph.nodes:
+        for attr in node.attrs.values():
+            subs = attr if isinstance(attr, list) else [attr]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    yield from graphs(sub)
+
+
+def constant_source(t: gs.Tensor) -> gs.Node | None:
+    if isinstance(t, gs.Variable) and len(t.inputs) == 1:
+        node = t.inputs[0]
+        if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+            return node
+    return None
+
+
+def constant_bytes(graph: gs.Graph) -> int:
+    """Bytes of every constant tensor in the model, the input side of ``size_ratio``."""
+    total = 0
+    for g in graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant):
+                total += int(np.prod(t.shape, dtype=np.int64)) * itemsize(t.dtype)
+        for n in g.nodes:
+            if n.op == "Constant" and isinstance(n.attrs.get("value"), gs.Constant):
+                v = n.attrs["value"]
+                total += int(np.prod(v.shape, dtype=np.int64)) * itemsize(v.dtype)
+    return total
+
+
+def is_float(dtype: object) -> bool:
+    """Float types this pass reports; graphsurgeon keeps bfloat16 and float8 as ONNX type numbers."""
+    if isinstance(dtype, int):
+        return dtype in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT)
+    try:
+        return np.dtype(dtype) in FLOATS  # type: ignore[call-overload]
+    except TypeError:
+        return False
+
+
+def itemsize(dtype: object) -> int:
+    """Bytes per element; graphsurgeon keeps types numpy lacks (bfloat16, float8, int4) as ONNX type numbers."""
+    if isinstance(dtype, int):
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)).itemsize)
+    return int(np.dtype(dtype).itemsize)  # type: ignore[call-overload]
+
+
+def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
+    """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
+    graph = gs.import_onnx(model)
+    restore_initializer_inputs(graph, model)
+    fold_chains(graph, model)
+    try:
+        size = model.ByteSize()
+    except Exception:  # protobuf refuses to size a message over 2 GB; only --size-ratio reads this, as a small term
+        logger.debug("model too large to size in memory; graph overhead taken as 0")
+        return graph, 0
+    return graph, max(0, size - constant_bytes(graph))
+
+
+def fold_chains(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Give layers whose weight is computed from constants by data-movement ops a constant weight
+    (:mod:`.fold`), with names no other tensor or node has."""
+    fold_weight_chains(list(graphs(graph)), default_opset(model), namer(graph))
+
+
+def namer(graph: gs.Graph) -> Callable[[str], str]:
+    """``fresh(base)``: ``base``, or ``base_<n>``, never a name a tensor or node of any (sub)graph has or had from
+    an earlier call: graph-wide, because a subgraph sees its enclosing graphs' names."""
+    names = {t for g in graphs(graph) for t in g.tensors()} | {n.name for g in graphs(graph) for n in g.nodes}
+
+    def fresh(base: str) -> str:
+        name, n = base, 0
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.add(name)
+        return name
+
+    return fresh
+
+
+def restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """graphsurgeon drops initializers from the graph inputs. From IR 4 on, listing one there makes it overridable
+    at run time: put it back (in the original order), so that it stays an input and the pass leaves it alone. Below
+    IR 4 every initializer had to be listed, so it says nothing; :func:`_export` lists them all again."""
+    if model.ir_version < 4 or len(graph.inputs) == len(model.graph.input):
+        return
+    tensors = graph.tensors()
+    graph.inputs = [tensors[i.name] for i in model.graph.input if i.name in tensors]
+
+
+def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export, then restore what graphsurgeon does not carry: model metadata, doc strings, opsets, IR version."""
+    out = gs.export_onnx(graph, do_type_check=False)
+    if original.ir_version < 4:  # IR 3 wants every initializer, the new codebooks too, among the graph inputs
+        listed = {i.name for i in out.graph.input}
+        out.graph.input.extend(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            for t in out.graph.initializer
+            if t.name not in listed
+        )
+    for name in _MODEL_FIELDS:
+        setattr(out, name, getattr(original, name))
+    del out.opset_import[:]
+    out.opset_import.extend(original.opset_import)
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
+    if original.graph.doc_string:
+        out.graph.doc_string = original.graph.doc_string
+    return out
