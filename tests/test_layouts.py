@@ -74,3 +74,18 @@ def test_layouts_follow_the_weights(make_model, rng):
     assert layers["wm"].representation == "tensor"  # columns agree: one table is as good and cheaper
     fixed = {r.name: r for r in StatqPass(QuantConfig(bits=4, granularity="tensor"))(m).report.layers}
     assert {r.representation for r in fixed.values()} == {"tensor"}  # an explicit granularity is kept
+
+
+def test_no_layer_falls_more_than_one_bit_below_the_average(rng):
+    """Equal weight per layer starved the largest layer (MiniLM's embedding got 2 bits at a 4-bit average): under
+    an average budget the options start one bit below it; other targets keep the full range."""
+    from onnx_statq.codebook import encode_tensor
+    from onnx_statq.graph.allocation import Layer, _options
+
+    w = (rng.standard_normal((256, 64)) * 0.05).astype(np.float32)
+    layer = Layer(w, 1, encode_tensor(w, 1, 4))
+    widths = lambda config: {b for b in _options(config, [layer]).bits[0] if b != 16}  # noqa: E731
+    assert min(widths(QuantConfig(bits=4))) == 3
+    assert min(widths(QuantConfig(bits=4, avg_bits=6.0))) == 5
+    assert min(widths(QuantConfig(bits=3))) == 2
+    assert min(widths(QuantConfig(bits="auto", size_ratio=8.0))) == 2
