@@ -220,6 +220,11 @@ def main() -> None:
         "Calibration on the other models (`python -m benchmarks.bench_calibration --tasks ppocr_det,ppocr_cls "
         "--bits 4,3 --out calibration_other`)",
     )
+    parts += verbatim(
+        "calibration_minilm_floor.md",
+        "MiniLM at 4 bits with calibration, after the allocation floor (`python -m benchmarks.bench_calibration "
+        "--tasks minilm --bits 4 --compensations '' --out calibration_minilm_floor`)",
+    )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:
         parts += peers_section(peers)
