@@ -83,7 +83,7 @@ AVG_BITS = 3.0
 TOLERANCES = (0.15, 0.25)  # |predicted / measured - 1|; the issue's target is 0.15 for K >= 8
 HEADLINE_BITS = [b for b in BITS if b >= 3]  # K >= 8
 RANGES = ((3, 6), (7, 8))  # where the prediction holds and where it does not, pooled
-TARGETS_DB = (15.0, 20.0, 25.0, 30.0)  # per-layer SQNR targets for the bits_for_target agreement
+TARGETS_DB = (15.0, 20.0, 25.0, 30.0)  # per-layer SQNR targets (--target-sqnr) for the agreement check
 PREDICT_REPEATS = 3  # the prediction is timed this many times (median); the sweeps once, they take minutes
 MAX_COST_RATIO = 0.01  # issue 4: choosing K costs under 1% of the K-means sweep
 MIN_WITHIN = 0.9  # criterion (1) read as a distribution: at least 90% of layer-widths within ±15% for K >= 8

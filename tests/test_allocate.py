@@ -12,7 +12,7 @@ from test_cli import cli
 
 from onnx_statq import QuantConfig
 from onnx_statq.codebook import Method, fit
-from onnx_statq.codebook.allocate import allocate_bits, avg_bits_for_bytes, bits_for_target, stored_bits
+from onnx_statq.codebook.allocate import allocate_bits, stored_bits
 from onnx_statq.codebook.predict import finite_sample, ggd_kurtosis, predict_curve, predict_rel_error
 from onnx_statq.codebook.tensor import _encode_codebook
 from onnx_statq.errors import ConfigError
@@ -101,15 +101,6 @@ def test_allocation_meets_the_budget_and_favours_sensitive_layers():
     assert bits == [2, 4, 2]  # the table doubles with each bit, so the third extra bit no longer fits
     bits = allocate_bits(sizes, _curves(), 3.0)
     assert bits[1] > bits[0] > bits[2] and sum(bits) == 9  # the layer with 100x the error gets the most bits
-
-
-def test_target_and_size_helpers():
-    assert bits_for_target(_curves(), 1e-3) == [5, 7, 4]
-    sizes, tables = [4096, 1000], [32, 0]
-    avg = avg_bits_for_bytes(sizes, tables, 3000.0)
-    assert avg is not None
-    assert sum(stored_bits(s, t, avg) for s, t in zip(sizes, tables, strict=True)) / 8 == pytest.approx(3000, rel=1e-6)
-    assert avg_bits_for_bytes(sizes, tables, 100.0) is None
 
 
 def test_config_targets_are_validated():

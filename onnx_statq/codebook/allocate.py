@@ -17,8 +17,6 @@ __all__ = [
     "Option",
     "allocate_bits",
     "allocate_options",
-    "avg_bits_for_bytes",
-    "bits_for_target",
     "stored_bits",
 ]
 
@@ -132,28 +130,3 @@ def _exchange(
         pos[j] -= 1
         left -= spent
     return pos
-
-
-def bits_for_target(
-    curves: Sequence[Curve], target_rel_error: float, lo: int = LO_BITS, hi: int = HI_BITS
-) -> list[int]:
-    """Per layer, the fewest bits whose predicted error meets the target (``hi`` when none does)."""
-    return [next((b for b in range(lo, hi + 1) if c[b] <= target_rel_error), hi) for c in curves]
-
-
-def avg_bits_for_bytes(sizes: Sequence[int], table_bits: Sequence[int], target_bytes: float) -> float | None:
-    """The average width whose stored bytes (indices and tables) equal ``target_bytes``; None if even ``LO_BITS``
-    does not fit. Bisection: the stored size grows monotonically with the width."""
-
-    def total(b: float) -> float:
-        return sum(stored_bits(s, t, b) for s, t in zip(sizes, table_bits, strict=True)) / 8
-
-    if total(LO_BITS) > target_bytes:
-        return None
-    lo, hi = float(LO_BITS), float(HI_BITS)
-    if total(hi) <= target_bytes:
-        return hi
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if total(mid) <= target_bytes else (lo, mid)
-    return lo
