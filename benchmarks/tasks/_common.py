@@ -27,6 +27,19 @@ def shared_dir() -> Path:
     return Path(override).expanduser().resolve() if override else (REPO_ROOT.parent / "shared").resolve()
 
 
+def package_file(package: str, *parts: str, dist: str | None = None) -> Path:
+    """A file shipped inside an installed package, found without importing the package (importing magika or
+    rapidocr runs their own setup; a missing package only matters when a task actually runs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the {dist or package} package is not installed; `pip install 'onnx-statq[bench]'` to run this task"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+
+
 def cache_dir() -> Path:
     """Return (and create) the gitignored folder where tasks freeze their prepared data."""
     path = REPO_ROOT / "benchmarks" / "results" / "cache"

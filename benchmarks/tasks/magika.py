@@ -101,9 +101,7 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("magika")
     if spec is not None and spec.origin and Path(spec.origin).resolve() == Path(__file__).resolve():
         raise RuntimeError("`import magika` finds this file: do not put benchmarks/tasks itself on sys.path")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the magika package is not installed; `pip install magika` to run this task")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "standard_v3_3" / "model.onnx"
+    return _common.package_file("magika", "models", "standard_v3_3", "model.onnx")
 
 
 @lru_cache(maxsize=1)
@@ -156,9 +154,7 @@ def _candidates() -> dict[str, list[str]]:
     return found
 
 
-def _unique_features(
-    paths: list[str], cfg: dict, seen: set[bytes], want: int
-) -> list[tuple[str, np.ndarray]]:
+def _unique_features(paths: list[str], cfg: dict, seen: set[bytes], want: int) -> list[tuple[str, np.ndarray]]:
     """Take the first ``want`` files whose model input has not been seen yet (updates ``seen``)."""
     picked: list[tuple[str, np.ndarray]] = []
     for path in paths:
@@ -233,9 +229,7 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     data = dataset()
     x, y = data["eval_x"][:limit], data["eval_y"][:limit]
     sess = _common.make_session(model_path)
-    probs = np.concatenate(
-        [sess.run(None, {INPUT_NAME: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)]
-    )
+    probs = np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)])
     correct = probs.argmax(axis=1) == y
     per_class = [correct[y == c].mean() for c in np.unique(y)]
     return {

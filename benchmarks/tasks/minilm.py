@@ -90,6 +90,4 @@ def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
     """Return the first ``n`` calibration sentences, ``CALIB_BATCH`` per feed, trimmed to the longest mask."""
     with np.load(_data_path("calib.npz")) as data:
         ids, mask = data["input_ids"][:n], data["attention_mask"][:n]
-    return [
-        _feed(ids[i : i + CALIB_BATCH], mask[i : i + CALIB_BATCH]) for i in range(0, len(ids), CALIB_BATCH)
-    ]
+    return [_feed(ids[i : i + CALIB_BATCH], mask[i : i + CALIB_BATCH]) for i in range(0, len(ids), CALIB_BATCH)]

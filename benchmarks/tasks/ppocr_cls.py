@@ -34,7 +34,6 @@ label and the same probability for every line.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 from functools import lru_cache
@@ -56,10 +55,7 @@ INPUT_NAME = "x"
 
 def default_model_path() -> Path:
     """Locate ``models/ch_ppocr_mobile_v2.0_cls_mobile.onnx`` in the installed rapidocr package without importing it."""
-    spec = importlib.util.find_spec("rapidocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the rapidocr package is not installed; `pip install rapidocr` to run this task")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+    return _common.package_file("rapidocr", "models", "ch_ppocr_mobile_v2.0_cls_mobile.onnx")
 
 
 def make_lines(texts: list[str], seed: int) -> tuple[list[np.ndarray], np.ndarray]:

@@ -46,7 +46,6 @@ pyclipper and takes ``minAreaRect``s). 100 pages took 187 s on the shared 2-core
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -71,10 +70,7 @@ INPUT_NAME = "x"
 
 def default_model_path() -> Path:
     """Locate ``models/PP-OCRv6_det_small.onnx`` in the installed rapidocr package without importing it."""
-    spec = importlib.util.find_spec("rapidocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the rapidocr package is not installed; `pip install rapidocr` to run this task")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "PP-OCRv6_det_small.onnx"
+    return _common.package_file("rapidocr", "models", "PP-OCRv6_det_small.onnx")
 
 
 def _ink_box(img: np.ndarray) -> tuple[int, int, int, int] | None:

