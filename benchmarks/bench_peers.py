@@ -23,7 +23,11 @@ benchmarks.make_docs`` puts the tables, plots and verdicts into docs/benchmarks.
 Run from the repository root::
 
     python -m benchmarks.bench_peers [--quick] [--models digits,magika,ppocr_rec,minilm] [--out NAME]
-        [--tools statq/4,ort-nbits-rtn/4,...] [--limit N] [--timeout S] [--replot]
+        [--tools statq/4,ort-nbits-rtn/4,...] [--limit N] [--timeout S] [--replot] [--update]
+
+``--update`` reruns only the selected rows (``--tools``, ``--models``) and puts them in place of the same rows of
+the existing JSON, each marked with its own commit and date: how onnx-statq's rows are brought up to date after a
+change to the library without rerunning peers that did not change.
 
 ``--quick``: onnx-statq at 4 bits only (data-free, calibrated, k-means) and the peers the verdicts need (onnxruntime
 dynamic, static, MatMulNBits round-to-nearest; onnxsim K-means and NF4; not the slow HQQ, GPTQ, SqueezeLLM and GPTVQ),
@@ -87,6 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="latency runs per row")
     p.add_argument("--timeout", type=int, default=None, help="seconds per row before it counts as failed")
     p.add_argument("--replot", action="store_true", help="only redraw the plots and markdown from the JSON")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="rerun only the selected rows and put them in place of the same rows of the existing <out>.json",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
@@ -401,6 +410,28 @@ def write_results(data: dict[str, Any], out: str, plots: dict[str, Path] | None 
         os.replace(tmp, path)
 
 
+def _previous(args: argparse.Namespace, machine: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The existing results, with this run logged in ``machine["updates"]``: the rows it replaces carry their own
+    commit and date (``row["measured"]``), the others keep the original run's."""
+    path = RESULTS / f"{args.out}.json"
+    if not path.exists():
+        raise SystemExit(f"--update: {path} does not exist; run without --update first")
+    data: dict[str, Any] = json.loads(path.read_text())
+    data["machine"].setdefault("updates", []).append(
+        {k: machine[k] for k in ("commit", "dirty", "date", "loadavg_start")} | {"tools": options["tools"]}
+    )
+    return data
+
+
+def _put(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Replace the row of the same model and tool in place, or append it."""
+    for i, old in enumerate(rows):
+        if (old["model"], old["tool"]) == (row["model"], row["tool"]):
+            rows[i] = row
+            return
+    rows.append(row)
+
+
 def print_row(row: dict[str, Any]) -> None:
     """Console line (the markdown cells, padded), flushed so a background run can be followed in its log."""
     cells = report.table_cells(row)
@@ -426,19 +457,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = {k: getattr(args, k) for k in ("models", "limit", "samples", "runs", "timeout", "quick")}
     options["tools"] = [t.key for t in tools]
-    data: dict[str, Any] = {"machine": machine, "options": options, "rows": []}
+    data = _previous(args, machine, options) if args.update else {"machine": machine, "options": options, "rows": []}
     t_start = time.perf_counter()
     for model in args.models:
         print(f"\n== {model}", flush=True)
         for tool in tools:
             row = run_row(model, tool, args)
-            data["rows"].append(row)
+            if args.update:
+                row["measured"] = {"commit": machine["commit"], "date": machine["date"]}
+            _put(data["rows"], row)
             report.derive(data["rows"])
             print_row(row)
             data["wall_s"] = time.perf_counter() - t_start
             write_results(data, args.out)
-    machine["loadavg_end"] = list(os.getloadavg())
-    machine["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
+    ended = data["machine"]["updates"][-1] if args.update else machine
+    ended["loadavg_end"] = list(os.getloadavg())
+    ended["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
     data["wall_s"] = time.perf_counter() - t_start
     plots = report.write_plots(data, RESULTS / "plots" / args.out)
     write_results(data, args.out, plots)

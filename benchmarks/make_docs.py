@@ -137,7 +137,8 @@ def peers_verdict_section(data: dict[str, Any]) -> list[str]:
         "## onnx-statq at 4 bits against the peers, plainly",
         "",
         "Computed by `benchmarks/make_docs.py` from `benchmarks/results/peers.json` (measured on "
-        f"{m.get('lscpu_model_name')}, {m.get('date')}; tables and plots in the last section). For each model: (a) is "
+        f"{m.get('lscpu_model_name')}, {m.get('date')}{_updates(m)}; tables and plots in the last section). For each "
+        "model: (a) is "
         "onnx-statq at 4 bits (data-free, default options) smaller than every 8-bit peer; (b) is it at least as "
         "accurate as onnxruntime's 4-bit MatMulNBits quantizer and onnxsim's K-means and NF4, at equal or smaller "
         "file size. Accuracy is the task's main metric on the full evaluation set; ties count as at least as "
@@ -145,6 +146,12 @@ def peers_verdict_section(data: dict[str, Any]) -> list[str]:
         "",
         *report.verdict_lines(rows),
     ]
+
+
+def _updates(machine: dict[str, Any]) -> str:
+    """Say which rows a later ``bench_peers --update`` run replaced, and when."""
+    runs = machine.get("updates", [])
+    return "".join(f"; rows {', '.join(u['tools'])} rerun at commit {u['commit']} on {u['date']}" for u in runs)
 
 
 def peers_section(data: dict[str, Any]) -> list[str]:
