@@ -32,13 +32,16 @@ class CalibrationMode(enum.StrEnum):
 @dataclass(frozen=True)
 class LayerPlan:
     weight: str
-    node_index: int  # position of the consumer node in the main graph
+    node_index: int  # position of the consumer node in the main graph (in ``branch``'s graph, if set)
     op: str
     attrs: dict[str, Any]
     slot: int
     input_name: str
     values: np.ndarray
     encoded: EncodedTensor
+    # (position of an If node in the main graph, "then_branch" or "else_branch"): the consumer sits in that branch,
+    # which calibration inlines when every feed takes it (calibrate/branches.py)
+    branch: tuple[int, str] | None = None
 
 
 @dataclass

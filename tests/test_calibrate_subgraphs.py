@@ -1,4 +1,4 @@
-"""Calibration runs the main graph's weights; weights inside If/Loop/Scan bodies stay data-free, and say so."""
+"""Calibration reaches the layers in the If branch every feed takes; the others stay data-free, and say so."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from onnx_statq import QuantConfig, StatqPass
 from onnx_statq.api import make_refiner
 
 
-def test_weights_in_if_branches_are_reported_not_calibrated(make_model, rng):
+def _if_model(make_model, rng, else_nodes=None, else_inits=None):
+    """x -> MatMul(outer) -> h -> If(cond): then MatMul(h, inner), else ``else_nodes`` (Identity by default)."""
     outer = rng.standard_normal((64, 64)).astype(np.float32)
     inner = rng.standard_normal((64, 64)).astype(np.float32)
     branch = helper.make_graph(
@@ -20,20 +21,98 @@ def test_weights_in_if_branches_are_reported_not_calibrated(make_model, rng):
         [numpy_helper.from_array(inner, "inner")],
     )
     other = helper.make_graph(
-        [helper.make_node("Identity", ["h"], ["e"])],
+        else_nodes or [helper.make_node("Identity", ["h"], ["e"])],
         "else",
         [],
         [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 64])],
+        else_inits or [],
     )
     nodes = [
         helper.make_node("MatMul", ["x", "outer"], ["h"], name="mm"),
         helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other, name="if"),
+        helper.make_node("Relu", ["y"], ["z"], name="after"),
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
     c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
-    m = make_model(nodes, [x, c], [y], {"outer": outer})
-    feeds = [{"x": rng.standard_normal((4, 64)).astype(np.float32), "cond": np.array(True)} for _ in range(4)]
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 64])
+    return make_model(nodes, [x, c], [z], {"outer": outer})
+
+
+def _feeds(rng, conds):
+    """Inputs with a few strong directions, as real activations have: what calibration can exploit."""
+    scale = np.exp(np.linspace(-3, 2, 64))
+    return [{"x": (rng.standard_normal((4, 64)) * scale).astype(np.float32), "cond": np.array(c)} for c in conds]
+
+
+def test_layers_in_the_taken_branch_are_calibrated(make_model, rng):
+    m = _if_model(make_model, rng)
+    report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, _feeds(rng, [True] * 4)))(m).report
+    assert report.calibration["layers_calibrated"] == 2
+    assert "not_calibrated_in_subgraphs" not in report.calibration
+    assert report.calibration["model_output_sqnr_db"] is not None  # the stream ran through the branch
+    by_name = {layer.name: layer for layer in report.layers}
+    inner = by_name["inner"]
+    assert inner.calibration == "refitted"
+    assert inner.output_sqnr_calibrated_db > inner.output_sqnr_datafree_db
+
+
+def test_untaken_and_disputed_branches_stay_data_free(make_model, rng):
+    m = _if_model(make_model, rng)
+    for conds, why in (([False] * 4, "the other branch"), ([True, False, True, False], "both branches")):
+        report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, _feeds(rng, conds)))(m).report
+        inner = {layer.name: layer for layer in report.layers}["inner"]
+        assert inner.calibration == f"data-free: the calibration feeds take {why} of its If"
+        assert {layer.name: layer for layer in report.layers}["outer"].calibration == "refitted"
+
+
+def test_calibrated_branch_model_runs_and_beats_data_free(make_model, rng):
+    """The quantized model keeps its If; on the taken branch the calibrated output is closer to float."""
+    import onnxruntime as ort
+
+    m = _if_model(make_model, rng)
+    calib, held = _feeds(rng, [True] * 64), _feeds(rng, [True] * 16)
+
+    def error(model):
+        ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sum(float(np.sum((ref.run(None, f)[0] - sess.run(None, f)[0]) ** 2)) for f in held)
+
+    free = StatqPass(QuantConfig(bits=3))(m).model
+    tuned = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, calib))(m).model
+    untaken = [dict(f, cond=np.array(False)) for f in calib]  # same data, branch not taken: only outer calibrated
+    outer_only = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, untaken))(m).model
+    assert [n.op_type for n in tuned.graph.node].count("If") == 1
+    assert error(tuned) < error(outer_only) < error(free)
+
+
+def test_weights_in_deeper_subgraphs_are_reported_not_calibrated(make_model, rng):
+    """A Loop body is not inlined: its weight stays data-free and the model-level figure is withheld."""
+    outer = rng.standard_normal((64, 64)).astype(np.float32)
+    inner = rng.standard_normal((64, 64)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["h", "inner"], ["t"], name="loop_mm"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 64]),
+        ],
+        [numpy_helper.from_array(inner, "inner")],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "outer"], ["h"], name="mm"),
+        helper.make_node("Loop", ["trip", ""], ["y"], body=body, name="loop"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])
+    m = make_model(nodes, [x], [y], {"outer": outer, "trip": np.array(1, np.int64)})
+    feeds = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
     report = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m).report
     assert report.calibration["layers_calibrated"] == 1  # outer
     assert report.calibration["not_calibrated_in_subgraphs"] == 1  # inner

@@ -19,12 +19,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..codebook import Codebook, EncodedTensor, LevelDType, Representation, from_groups, to_groups
 from ..codebook.tensor import channel_rel_error
 from .feedback import feedback_assign, target_weights
+from .gram import MAX_ROWS, GramStats
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MAX_ROWS", "GramStats", "LayerGeometry", "RefitResult", "patches", "refit_layer"]
 
-MAX_ROWS = 8192  # patch rows kept per layer over all batches: enough for Gram statistics, bounded cost
 # The level refit costs O(out * in^2 * K): with 64 levels or more (6+ bits) a second one for the error-feedback
 # candidate took minutes per MiniLM layer, and so many levels leave little for a refit to move, so that candidate
 # keeps the data-free levels there.
@@ -93,37 +93,6 @@ def patches(geo: LayerGeometry, x: np.ndarray) -> np.ndarray:
     win = win[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]]
     n, c, oh, ow = win.shape[:4]
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw).astype(np.float32)
-
-
-@dataclass
-class GramStats:
-    """Sufficient statistics of (quantized-stream patches P_q, float-stream patches P_f)."""
-
-    gqq: np.ndarray | None = None
-    gqf: np.ndarray | None = None
-    gff: np.ndarray | None = None
-    sum_q: np.ndarray | None = None
-    sum_f: np.ndarray | None = None
-    rows: int = 0
-
-    def add(self, pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> None:
-        """Accumulate one batch, strided down to ``row_cap`` rows. The products run in float32 (BLAS at twice the
-        speed of float64, which was most of the calibration time) and accumulate in float64 for the solves."""
-        if pq.shape[0] > row_cap:
-            step = -(-pq.shape[0] // row_cap)
-            pq, pf = pq[::step], pf[::step]
-        pq32, pf32 = pq.astype(np.float32, copy=False), pf.astype(np.float32, copy=False)
-        gqq = (pq32.T @ pq32).astype(np.float64)
-        same = pq is pf  # independent mode: both streams are the float one
-        gqf = gqq if same else (pq32.T @ pf32).astype(np.float64)
-        gff = gqq if same else (pf32.T @ pf32).astype(np.float64)
-        parts = (gqq, gqf, gff, pq.sum(0, dtype=np.float64), pf.sum(0, dtype=np.float64))
-        if self.gqq is None:
-            self.gqq, self.gqf, self.gff, self.sum_q, self.sum_f = parts
-        else:
-            for name, p in zip(("gqq", "gqf", "gff", "sum_q", "sum_f"), parts, strict=True):
-                setattr(self, name, getattr(self, name) + p)
-        self.rows += pq.shape[0]
 
 
 @dataclass(frozen=True)
@@ -286,6 +255,30 @@ def _pick(
     return EncodedTensor(a.representation, a.shape, a.axis, cb, idx, None, 0.0, a.stored_bytes)
 
 
+def _feedback_generalises(
+    enc: EncodedTensor, geo: LayerGeometry, wf: np.ndarray, stats: GramStats, refit_levels: bool, lam: float
+) -> bool:
+    """Whether the feedback assignment, fitted on half of the calibration rows, beats the plain one (with the same
+    level refit) on the other half: the guard against fitting too few rows (:mod:`.gram`). Without a held-out half
+    (``GramStats(split=False)``) the feedback is tried as before."""
+    parts = stats.halves()
+    if parts is None:
+        return True
+    fit, held = parts
+    assert fit.gqq is not None and held.gqq is not None and enc.codebook is not None
+    h_fit, yy_fit, _ = _target(fit, wf, lam)
+    h_held, yy_held, _ = _target(held, wf, lam)
+    plain = _refit_levels(enc, geo, fit.gqq, h_fit, yy_fit) if refit_levels else enc
+    cand = _feedback_candidate(enc, geo, wf, fit.gqq, h_fit)
+    if refit_levels and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
+        cand = _refit_levels(cand, geo, fit.gqq, h_fit, yy_fit)
+    err = [
+        float(_quad_error(geo.rows(e.decoded()).astype(np.float64), held.gqq, h_held, yy_held).sum())
+        for e in (plain, cand)
+    ]
+    return err[1] < err[0]
+
+
 def refit_layer(
     enc: EncodedTensor,
     w_float: np.ndarray,
@@ -313,7 +306,7 @@ def refit_layer(
     if (refit_levels or error_feedback) and enc.representation != Representation.FLOAT16:
         new = _refit_levels(enc, geo, stats.gqq, h, yy) if refit_levels else enc
         t0 = time.perf_counter()
-        if error_feedback:
+        if error_feedback and _feedback_generalises(enc, geo, wf, stats, refit_levels, compensation):
             cand = _feedback_candidate(enc, geo, wf, stats.gqq, h)
             if refit_levels and enc.codebook is not None and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
                 cand = _refit_levels(cand, geo, stats.gqq, h, yy)

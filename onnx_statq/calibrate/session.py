@@ -16,8 +16,10 @@ import numpy as np
 import onnx
 
 from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
+from .branches import inline_taken_branches
 from .executor import StreamExecutor
-from .refit import MAX_ROWS, GramStats, LayerGeometry, patches, refit_layer, supported
+from .gram import MAX_ROWS, GramStats
+from .refit import LayerGeometry, patches, refit_layer, supported
 
 __all__ = ["calibrate", "model_output_sqnr"]
 
@@ -63,11 +65,14 @@ def calibrate(
     compensation: float = 1.0,
     error_feedback: bool = DEFAULT_ERROR_FEEDBACK,
 ) -> CalibrationSummary:
-    """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free.
+    """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free, and so do
+    those in If branches the calibration feeds do not take (:mod:`.branches`).
 
     ``error_feedback`` also tries the GPTQ-style assignment of :mod:`feedback` on every refitted convolution
     (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
+    model, plans, unreached = inline_taken_branches(model, feeds, plans)
+    summary.outcomes.update(unreached)
     ex = StreamExecutor(model, feeds, quant_stream=mode != CalibrationMode.INDEPENDENT)
     t_run = t_fit = 0.0
     fb_s = [0.0]
@@ -113,14 +118,14 @@ def _calibrate_one(
     if why is not None:
         return LayerOutcome(plan.encoded, note=f"data-free: {why}")
     geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
-    stats = GramStats()
+    feedback = error_feedback and plan.op in FEEDBACK_OPS
+    stats = GramStats(split=feedback)  # a held-out half decides whether the feedback assignment generalises
     xf_all = ex.inputs(plan.input_name, quant=False)
     xq_all = xf_all if mode == CalibrationMode.INDEPENDENT else ex.inputs(plan.input_name, quant=True)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     for xq, xf in zip(xq_all, xf_all, strict=True):
         pf = patches(geo, xf)
         stats.add(pf if xq is xf else patches(geo, xq), pf, cap)
-    feedback = error_feedback and plan.op in FEEDBACK_OPS
     result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, compensation, feedback)
     fb_s[0] += result.feedback_s
     if not bias_correction or plan.op not in BIAS_OPS:

@@ -114,9 +114,11 @@ class StatqPass:
             attach(graph, Path(base_dir))
         report = Report(config=self.config.to_dict())
         fresh = namer(graph)
-        todo, encoded = self.plan(graph, report, overhead=overhead, model=model)
-        positions = {id(n): i for i, n in enumerate(graph.nodes)}
-        outcomes = self._refine(model, graph, todo, encoded, positions, report)
+        # calibration runs the graph as planned on: folded chains are nodes the original model does not have
+        seen = export_graph(graph, model) if self.refiner is not None else model
+        todo, encoded = self.plan(graph, report, overhead=overhead, model=seen)
+        outcomes = self._refine(seen, graph, todo, encoded, report)
+        del seen
         for w in todo:
             outcome = outcomes.get(w.tensor.name)
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
@@ -327,28 +329,30 @@ class StatqPass:
         graph: gs.Graph,
         todo: list[_Weight],
         encoded: dict[int, EncodedTensor],
-        positions: dict[int, int],
         report: Report,
     ) -> dict[str, LayerOutcome]:
         if self.refiner is None:
             return {}
+        where = _positions(graph)
         plans = []
         nested = 0
         for w in todo:
             use = w.uses[0]
-            if use.graph is not graph or not use.node.inputs or not use.node.outputs:
-                nested += use.graph is not graph
+            if id(use.node) not in where or not use.node.inputs or not use.node.outputs:
+                nested += use.graph is not graph and id(use.node) not in where
                 continue
+            index, branch = where[id(use.node)]
             plans.append(
                 LayerPlan(
                     w.tensor.name,
-                    positions[id(use.node)],
+                    index,
                     use.node.op,
                     dict(use.node.attrs),
                     use.slot,
                     use.node.inputs[0].name,
                     w.values,
                     encoded[id(w)],
+                    branch,
                 )
             )
         summary = self.refiner(model, plans)
@@ -430,6 +434,20 @@ class StatqPass:
             return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
         reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
         return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
+
+
+def _positions(graph: gs.Graph) -> dict[int, tuple[int, tuple[int, str] | None]]:
+    """Where calibration finds each node: its position in the main graph, or in a branch of one of the main graph's
+    If nodes with that If's position and attribute name (deeper subgraphs are not calibrated)."""
+    where: dict[int, tuple[int, tuple[int, str] | None]] = {id(n): (i, None) for i, n in enumerate(graph.nodes)}
+    for i, node in enumerate(graph.nodes):
+        if node.op != "If":
+            continue
+        for name in ("then_branch", "else_branch"):
+            body = node.attrs.get(name)
+            if isinstance(body, gs.Graph):
+                where.update({id(n): (j, (i, name)) for j, n in enumerate(body.nodes)})
+    return where
 
 
 def unchanged_reason(values: np.ndarray, enc: EncodedTensor) -> str | None:

@@ -1,0 +1,117 @@
+"""Calibrate layers inside If branches: inline the branch every calibration feed takes.
+
+Models exported from control flow keep whole networks inside an If (silero VAD has one per sample rate, each with
+its own weights). The streams of :class:`~.executor.StreamExecutor` run the main graph's nodes one segment at a time;
+an If is one node to them, so the layers in its branches could not be reached. When the If's condition has the same
+value on every calibration feed, the model the calibration runs is the main graph with that If replaced by the
+nodes of its taken branch: the same computation on these feeds, with every layer of the branch in topological order
+among the main graph's. The other branch's layers are never run on the calibration data, so they stay data-free, and
+so do the layers of an If whose feeds disagree. Only If nodes of the main graph are inlined (one level).
+
+This module only builds the model calibration runs; the quantized model keeps its If.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ..plan import LayerOutcome, LayerPlan
+from .executor import subgraph_inputs
+
+__all__ = ["inline_taken_branches"]
+
+logger = logging.getLogger(__name__)
+
+
+def _condition_model(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
+    """The nodes before the If at ``index`` that its condition depends on, as a model with that one output."""
+    nodes = list(model.graph.node)
+    cond = nodes[index].input[0]
+    need, keep = {cond}, []
+    for n in reversed(nodes[:index]):
+        if need & set(n.output):
+            keep.append(n)
+            need |= {i for i in n.input if i} | subgraph_inputs(n)
+    keep.reverse()
+    inputs = [i for i in model.graph.input if i.name in need]
+    inits = [t for t in model.graph.initializer if t.name in need]
+    graph = helper.make_graph(keep, "condition", inputs, [helper.make_empty_tensor_value_info(cond)], inits)
+    m = helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    m.functions.extend(model.functions)
+    return m
+
+
+def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]]) -> str | None:
+    """The branch every feed takes at the If at ``index``, or None when the feeds take both."""
+    cond_model = _condition_model(model, index)
+    if not cond_model.graph.node and cond_model.graph.input:  # the condition is a graph input itself
+        values = [bool(np.asarray(f[cond_model.graph.input[0].name]).reshape(-1)[0]) for f in feeds]
+    else:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(cond_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        values = [bool(np.asarray(sess.run(None, {k: f[k] for k in names})[0]).reshape(-1)[0]) for f in feeds]
+    if len(set(values)) != 1:
+        return None
+    return "then_branch" if values[0] else "else_branch"
+
+
+def _inline(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], index: int, branch: onnx.GraphProto
+) -> list[onnx.NodeProto]:
+    """``nodes`` with the If at ``index`` replaced by ``branch``'s nodes, whose outputs become the If's outputs."""
+    node = nodes[index]
+    links = [
+        helper.make_node("Identity", [b.name], [o], name=f"statq_calib_inline_{index}_{k}")
+        for k, (b, o) in enumerate(zip(branch.output, node.output, strict=True))
+        if o
+    ]
+    inits.extend(branch.initializer)
+    return nodes[:index] + list(branch.node) + links + nodes[index + 1 :]
+
+
+def inline_taken_branches(
+    model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plans: list[LayerPlan]
+) -> tuple[onnx.ModelProto, list[LayerPlan], dict[str, LayerOutcome]]:
+    """The model calibration runs, the plans with their positions in it, and the outcomes of the plans it cannot
+    reach (data-free, with the reason). Without plans in branches, ``model`` and ``plans`` come back as they are."""
+    ifs = sorted({p.branch[0] for p in plans if p.branch is not None})
+    if not ifs:
+        return model, plans, {}
+    nodes, inits = list(model.graph.node), list(model.graph.initializer)
+    taken: dict[int, str | None] = {}
+    start: dict[int, int] = {}  # If position -> where its branch starts in the flat node list
+    delta: dict[int, int] = {}  # If position -> how many positions the nodes after it move
+    for index in ifs:
+        taken[index] = _taken(model, index, feeds)
+        start[index] = index + sum(delta.values())
+        delta[index] = 0
+        if taken[index] is not None:
+            branch = next(a.g for a in model.graph.node[index].attribute if a.name == taken[index])
+            before = len(nodes)
+            nodes = _inline(nodes, inits, start[index], branch)
+            delta[index] = len(nodes) - before
+    kept, fixed = [], {}
+    for p in plans:
+        if p.branch is None:
+            moved = p.node_index + sum(d for i, d in delta.items() if i < p.node_index)
+            kept.append(dataclasses.replace(p, node_index=moved))
+        elif taken[p.branch[0]] == p.branch[1]:
+            kept.append(dataclasses.replace(p, node_index=start[p.branch[0]] + p.node_index, branch=None))
+        else:
+            why = "the other branch" if taken[p.branch[0]] else "both branches"
+            fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: the calibration feeds take {why} of its If")
+    logger.info("calibration inlines %d of %d If nodes", sum(t is not None for t in taken.values()), len(ifs))
+    graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), list(model.graph.output), inits)
+    flat = helper.make_model(graph, opset_imports=list(model.opset_import))
+    flat.ir_version = model.ir_version
+    flat.functions.extend(model.functions)
+    return flat, kept, fixed

@@ -1,0 +1,77 @@
+"""The Gram statistics a layer's refit solves from, with a held-out half for choices that could overfit.
+
+With small calibration sets, a layer with a large fan-in sees fewer patch rows than it has inputs: its Gram matrix is
+rank deficient, and an assignment that pushes each weight's error into the directions the calibration data never
+excites (the error feedback of :mod:`.feedback`) looks better on those rows and is worse on any other input. Measured
+on silero VAD at 3 bits with 32 calibration frames, feedback took sequential calibration from -0.65 points (without
+it) to -6.53, while with 128 frames it helped (-0.23). So the statistics also keep the even batches apart:
+:meth:`GramStats.halves` gives a fit half and the held-out rest, and :mod:`.refit` keeps the feedback assignment of
+a layer only when, fitted on one half, it beats the plain assignment on the other. The Grams are sums over rows, so
+the held-out half is the whole minus the fit half, at the cost of one more set of products on half of the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MAX_ROWS", "GramStats"]
+
+MAX_ROWS = 8192  # patch rows kept per layer over all batches: enough for Gram statistics, bounded cost
+
+_FIELDS = ("gqq", "gqf", "gff", "sum_q", "sum_f")
+
+
+@dataclass
+class GramStats:
+    """Sufficient statistics of (quantized-stream patches P_q, float-stream patches P_f).
+
+    ``split``: also accumulate every other batch into :attr:`half`, for :meth:`halves`. Whole batches, not rows:
+    neighbouring patch rows of one image overlap, so a row-wise split would hold out nearly the same data.
+    """
+
+    gqq: np.ndarray | None = None
+    gqf: np.ndarray | None = None
+    gff: np.ndarray | None = None
+    sum_q: np.ndarray | None = None
+    sum_f: np.ndarray | None = None
+    rows: int = 0
+    split: bool = False
+    half: GramStats | None = None
+    batches: int = 0
+
+    def add(self, pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> None:
+        """Accumulate one batch, strided down to ``row_cap`` rows. The products run in float32 (BLAS at twice the
+        speed of float64, which was most of the calibration time) and accumulate in float64 for the solves."""
+        if pq.shape[0] > row_cap:
+            step = -(-pq.shape[0] // row_cap)
+            pq, pf = pq[::step], pf[::step]
+        self._accumulate(pq, pf)
+        if self.split and self.batches % 2 == 0:
+            self.half = self.half or GramStats()
+            self.half._accumulate(pq, pf)
+        self.batches += 1
+
+    def _accumulate(self, pq: np.ndarray, pf: np.ndarray) -> None:
+        pq32, pf32 = pq.astype(np.float32, copy=False), pf.astype(np.float32, copy=False)
+        gqq = (pq32.T @ pq32).astype(np.float64)
+        same = pq is pf  # independent mode: both streams are the float one
+        gqf = gqq if same else (pq32.T @ pf32).astype(np.float64)
+        gff = gqq if same else (pf32.T @ pf32).astype(np.float64)
+        parts = (gqq, gqf, gff, pq.sum(0, dtype=np.float64), pf.sum(0, dtype=np.float64))
+        if self.gqq is None:
+            self.gqq, self.gqf, self.gff, self.sum_q, self.sum_f = parts
+        else:
+            for name, p in zip(_FIELDS, parts, strict=True):
+                setattr(self, name, getattr(self, name) + p)
+        self.rows += pq.shape[0]
+
+    def halves(self) -> tuple[GramStats, GramStats] | None:
+        """(fit half, held-out rest), or None without a split or with too few rows to hold any out."""
+        if self.half is None or self.half.gqq is None or self.rows - self.half.rows < 1:
+            return None
+        rest = GramStats(rows=self.rows - self.half.rows)
+        for name in _FIELDS:
+            setattr(rest, name, getattr(self, name) - getattr(self.half, name))
+        return self.half, rest
