@@ -12,7 +12,8 @@ on its float model once, then on one quantized copy per (method, granularity, bi
 Run from the repository root (a full run takes 20-40 minutes on 2 cores)::
 
     python -m benchmarks.bench_models [--quick] [--tasks digits,magika,ppocr_rec,minilm]
-        [--bits 8,4,3,2] [--methods sigma,kmeans,uniform] [--granularities auto] [--out NAME]
+        [--bits 8,4,3,2] [--methods sigma,kmeans,uniform] [--granularities auto] [--allocation auto|fixed]
+        [--out NAME]
 
 ``--tasks`` defaults to ``benchmarks.tasks.TASKS`` and also accepts the extra tasks (ppocr_det,
 ppocr_cls), which run only when named.
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bits", type=lambda s: _csv(int, s), default=None)
     parser.add_argument("--methods", type=lambda s: _csv(str, s), default=None)
     parser.add_argument("--granularities", type=lambda s: _csv(str, s), default=["auto"])
+    parser.add_argument(
+        "--allocation",
+        choices=("auto", "fixed"),
+        default="auto",
+        help="bits per layer: the default allocation (auto), or the given bits in every layer (fixed)",
+    )
     parser.add_argument("--out", default=None, help="output name under benchmarks/results (default models)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tasks) - set(ALL_TASKS))
@@ -171,7 +178,9 @@ def float_row(task: str, limit: int | None) -> dict[str, Any]:
     return row
 
 
-def quantized_row(task: str, variant: Variant, ref: dict[str, Any], limit: int | None) -> dict[str, Any]:
+def quantized_row(
+    task: str, variant: Variant, ref: dict[str, Any], limit: int | None, allocation: str = "auto"
+) -> dict[str, Any]:
     """Quantize the float model to a temporary folder, evaluate the copy, and compare with the reference."""
     row: dict[str, Any] = {
         "task": task,
@@ -180,7 +189,9 @@ def quantized_row(task: str, variant: Variant, ref: dict[str, Any], limit: int |
         "granularity": variant.granularity,
         "bits": variant.bits,
     }
-    config = QuantConfig(bits=variant.bits, method=variant.method, granularity=variant.granularity)
+    config = QuantConfig(
+        bits=variant.bits, method=variant.method, granularity=variant.granularity, allocation=allocation
+    )
     with tempfile.TemporaryDirectory(prefix="statq-bench-") as tmp:
         dst = Path(tmp) / "model.onnx"
         start = time.perf_counter()
@@ -346,7 +357,9 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
         "limit": args.limit,
         "acceptance": acceptance(rows, args.limit),
         "rows": rows,
-        "options": {k: getattr(args, k) for k in ("tasks", "bits", "methods", "granularities", "quick")},
+        "options": {
+            k: getattr(args, k) for k in ("tasks", "bits", "methods", "granularities", "allocation", "quick")
+        },
     }
     for suffix, text in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", markdown(rows, machine, args.limit))):
         path = RESULTS_DIR / (args.out + suffix)
@@ -373,7 +386,7 @@ def run_task(
             row = ref
         else:
             try:
-                row = quantized_row(task, variant, ref, args.limit)
+                row = quantized_row(task, variant, ref, args.limit, args.allocation)
             except Exception as exc:  # one failing setting is a result, not a crash
                 row = error_row(task, variant, exc)
         sink.append(row)

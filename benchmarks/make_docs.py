@@ -5,11 +5,17 @@ Nothing here measures anything: every figure comes from benchmarks/results/, whi
 ``bench_calibration`` or ``bench_peers``. The peer comparison's verdicts (is onnx-statq at 4 bits smaller than every
 8-bit peer, at least as accurate as each 4-bit peer at equal or smaller size) are computed here from
 ``peers.json`` by ``benchmarks.peers.report``, never typed by hand; its plots are the PNGs ``bench_peers`` drew.
+
+``python -m benchmarks.make_docs --run`` is the one command that regenerates the page and its plots from scratch:
+it runs every benchmark behind a section (``RUNS``, in order, each in its own process; hours on a 2-core machine),
+then rebuilds the page. ``--run NAME,...`` reruns only those results (the names of ``RUNS``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,45 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 INTRO = ROOT / "benchmarks" / "docs_intro.md"
 OUT = ROOT / "docs" / "benchmarks.md"
+
+
+# Every result file the page reads, and the command that writes it: what ``--run`` executes, in this order.
+RUNS: dict[str, list[str]] = {
+    "codebook": ["bench_codebook"],
+    "size_time": ["bench_size_time"],
+    "large": ["bench_large"],
+    "models_default": ["bench_models", "--methods", "sigma", "--bits", "8,4,3,2", "--out", "models_default"],
+    "models_other": [
+        "bench_models",
+        *("--tasks", "ppocr_det,ppocr_cls,silero_vad", "--methods", "sigma", "--bits", "8,4,3,2"),
+        *("--out", "models_other"),
+    ],
+    "granularity_channel": [
+        "bench_models",
+        *("--tasks", "magika,ppocr_rec,minilm", "--methods", "sigma", "--granularities", "channel"),
+        *("--bits", "3,2", "--out", "granularity_channel"),
+    ],
+    "models": ["bench_models", "--allocation", "fixed"],
+    "calibration": ["bench_calibration"],
+    "calibration_other": [
+        "bench_calibration",
+        *("--tasks", "ppocr_det,ppocr_cls,silero_vad", "--bits", "4,3", "--out", "calibration_other"),
+    ],
+    "calibration_minilm_floor": [
+        "bench_calibration",
+        *("--tasks", "minilm", "--bits", "4", "--compensations", "", "--out", "calibration_minilm_floor"),
+    ],
+    "alloc": ["bench_alloc"],
+    "peers": ["bench_peers"],
+}
+
+
+def run(names: list[str]) -> None:
+    """Run the benchmarks behind ``names`` one after another; stop at the first that fails."""
+    for name in names:
+        cmd = [sys.executable, "-m", f"benchmarks.{RUNS[name][0]}", *RUNS[name][1:]]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -188,7 +233,24 @@ def verbatim(name: str, title: str) -> list[str]:
     return [f"## {title}", "", p.read_text().strip(), ""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild docs/benchmarks.md from benchmarks/results/.")
+    parser.add_argument(
+        "--run",
+        nargs="?",
+        const=",".join(RUNS),
+        default="",
+        help="first rerun these benchmarks (comma-separated names; all of them without a value)",
+    )
+    args = parser.parse_args(argv)
+    names = [n for n in args.run.split(",") if n]
+    if unknown := sorted(set(names) - set(RUNS)):
+        parser.error(f"unknown result(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    run(names)
+    build()
+
+
+def build() -> None:
     parts = [INTRO.read_text().strip(), ""]
     peers = _load(PEERS)
     if peers is not None:
@@ -218,8 +280,8 @@ def main() -> None:
     )
     parts += verbatim(
         "models.md",
-        "Task metrics, data-free, the same bits in every layer (`--allocation fixed`; measured before allocation "
-        "became the default; `python -m benchmarks.bench_models`)",
+        "Task metrics, data-free, every method with the same bits in every layer (measured before the allocation "
+        "became the default; `python -m benchmarks.bench_models --allocation fixed` reruns it)",
     )
     parts += verbatim("calibration.md", "Task metrics with calibration (`python -m benchmarks.bench_calibration`)")
     parts += verbatim(

@@ -84,3 +84,20 @@ def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     paths = report.write_plots(_data([dict(r) for r in ROWS]), tmp_path)
     assert paths["m"].exists() and paths["m"].stat().st_size > 1000
+
+
+def test_make_docs_run_list_parses_with_each_benchmark():
+    """``make_docs --run`` is the one command behind docs/benchmarks.md: every entry must be a valid invocation."""
+    import importlib
+
+    from benchmarks.make_docs import RUNS
+
+    for name, (script, *argv) in RUNS.items():
+        module = importlib.import_module(f"benchmarks.{script}")
+        parse = getattr(module, "parse_args", None)
+        if parse is None:  # a benchmark without options
+            assert not argv, name
+            continue
+        args = parse(argv)
+        out = getattr(args, "out", None)
+        assert out in (None, name), f"{name}: writes {out}"
