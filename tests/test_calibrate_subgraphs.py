@@ -118,3 +118,19 @@ def test_weights_in_deeper_subgraphs_are_reported_not_calibrated(make_model, rng
     assert report.calibration["not_calibrated_in_subgraphs"] == 1  # inner
     assert report.calibration["model_output_sqnr_db"] is None  # the stream never saw inner's error: no figure
     assert {layer.name for layer in report.layers} == {"outer", "inner"}
+
+
+def test_condition_computed_from_an_input_is_evaluated(make_model, rng):
+    """silero VAD's form: If(Equal(sr, 16000)) with sr an input; only the nodes the condition needs are run."""
+    m = _if_model(make_model, rng)
+    m.graph.input[1].CopyFrom(helper.make_tensor_value_info("sr", TensorProto.INT64, []))
+    m.graph.node.insert(0, helper.make_node("Equal", ["sr", "rate"], ["cond"], name="is_16k"))
+    m.graph.initializer.append(numpy_helper.from_array(np.array(16000, np.int64), "rate"))
+    scale = np.exp(np.linspace(-3, 2, 64))
+    for rate, note in ((16000, "refitted"), (8000, "data-free: the calibration feeds take the other branch of its If")):
+        feeds = [
+            {"x": (rng.standard_normal((4, 64)) * scale).astype(np.float32), "sr": np.array(rate, np.int64)}
+            for _ in range(8)
+        ]
+        report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, feeds))(m).report
+        assert {layer.name: layer for layer in report.layers}["inner"].calibration == note

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ..plan import LayerOutcome, LayerPlan
 from .executor import subgraph_inputs
@@ -48,20 +48,32 @@ def _condition_model(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
     return m
 
 
-def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]]) -> str | None:
-    """The branch every feed takes at the If at ``index``, or None when the feeds take both."""
-    cond_model = _condition_model(model, index)
-    if not cond_model.graph.node and cond_model.graph.input:  # the condition is a graph input itself
-        values = [bool(np.asarray(f[cond_model.graph.input[0].name]).reshape(-1)[0]) for f in feeds]
+def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]]) -> tuple[str | None, str]:
+    """The branch every feed takes at the If at ``index``, or None and why not: the feeds take both, or the
+    condition cannot be evaluated on its own (the branches then stay data-free rather than stop the calibration)."""
+    cond = model.graph.node[index].input[0]
+    constant = next((t for t in model.graph.initializer if t.name == cond), None)
+    if constant is not None:
+        values = [bool(numpy_helper.to_array(constant).reshape(-1)[0])]
+    elif any(cond == i.name for i in model.graph.input):
+        values = [bool(np.asarray(f[cond]).reshape(-1)[0]) for f in feeds]
     else:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(cond_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-        values = [bool(np.asarray(sess.run(None, {k: f[k] for k in names})[0]).reshape(-1)[0]) for f in feeds]
+        try:
+            values = _evaluate(_condition_model(model, index), feeds)
+        except Exception as exc:  # onnxruntime raises many types; the branches just stay data-free
+            logger.warning("cannot evaluate the condition of If %d (%s); its branches stay data-free", index, exc)
+            return None, "its If's condition could not be evaluated on the calibration feeds"
     if len(set(values)) != 1:
-        return None
-    return "then_branch" if values[0] else "else_branch"
+        return None, "the calibration feeds take both branches of its If"
+    return ("then_branch" if values[0] else "else_branch"), "the calibration feeds take the other branch of its If"
+
+
+def _evaluate(cond_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[bool]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(cond_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [bool(np.asarray(sess.run(None, {k: f[k] for k in names})[0]).reshape(-1)[0]) for f in feeds]
 
 
 def _inline(
@@ -88,10 +100,11 @@ def inline_taken_branches(
         return model, plans, {}
     nodes, inits = list(model.graph.node), list(model.graph.initializer)
     taken: dict[int, str | None] = {}
+    why_not: dict[int, str] = {}
     start: dict[int, int] = {}  # If position -> where its branch starts in the flat node list
     delta: dict[int, int] = {}  # If position -> how many positions the nodes after it move
     for index in ifs:
-        taken[index] = _taken(model, index, feeds)
+        taken[index], why_not[index] = _taken(model, index, feeds)
         start[index] = index + sum(delta.values())
         delta[index] = 0
         if taken[index] is not None:
@@ -107,8 +120,7 @@ def inline_taken_branches(
         elif taken[p.branch[0]] == p.branch[1]:
             kept.append(dataclasses.replace(p, node_index=start[p.branch[0]] + p.node_index, branch=None))
         else:
-            why = "the other branch" if taken[p.branch[0]] else "both branches"
-            fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: the calibration feeds take {why} of its If")
+            fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: {why_not[p.branch[0]]}")
     logger.info("calibration inlines %d of %d If nodes", sum(t is not None for t in taken.values()), len(ifs))
     graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), list(model.graph.output), inits)
     flat = helper.make_model(graph, opset_imports=list(model.opset_import))
