@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_CALIB_SAMPLES", "make_refiner", "quantize", "quantize_file"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIB_SAMPLES = 64
-DEFAULT_COMPENSATION = 0.5  # measured best on PP-OCRv6 and MiniLM at 3 and 4 bits (docs/calibration.md)
+DEFAULT_COMPENSATION = None  # per op type: 0 on MatMul, 0.5 elsewhere (calibrate/session.py, docs/calibration.md)
 
 
 def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
@@ -39,7 +39,7 @@ class _Calibration:
         feeds: list[dict[str, Any]],
         mode: CalibrationMode,
         progress: Callable[[int, int, str], None] | None,
-        compensation: float,
+        compensation: float | None,
     ) -> None:
         self.feeds, self.mode, self.progress, self.compensation = feeds, mode, progress, compensation
 
@@ -60,7 +60,7 @@ def make_refiner(
     samples: int | None = DEFAULT_CALIB_SAMPLES,
     mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
     progress: Callable[[int, int, str], None] | None = None,
-    compensation: float = DEFAULT_COMPENSATION,
+    compensation: float | None = DEFAULT_COMPENSATION,
 ) -> Refiner | None:
     """Load and check calibration data now (errors before any work), and return the pass's refiner (which the
     pass also asks for layer sensitivities, see :class:`~onnx_statq.graph.pass_.StatqPass`)."""
@@ -70,7 +70,7 @@ def make_refiner(
     from .calibrate import load_calibration, model_inputs  # onnxruntime only when calibrating
 
     feeds = load_calibration(calib, model_inputs(model), samples)
-    if not 0.0 <= compensation <= 1.0:
+    if compensation is not None and not 0.0 <= compensation <= 1.0:
         raise ConfigError(f"calibration compensation must be between 0 and 1, got {compensation}")
     return _Calibration(feeds, mode, progress, compensation)
 
@@ -82,7 +82,7 @@ def quantize(
     calib: Any = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
-    calib_compensation: float = DEFAULT_COMPENSATION,
+    calib_compensation: float | None = DEFAULT_COMPENSATION,
     **options: Any,
 ) -> onnx.ModelProto:
     """Quantize a model (a ModelProto, or a path to load) and return the quantized ModelProto.
@@ -107,7 +107,7 @@ def quantize_file(
     calib: Any = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
-    calib_compensation: float = DEFAULT_COMPENSATION,
+    calib_compensation: float | None = DEFAULT_COMPENSATION,
 ) -> Report:
     """Load, quantize, save atomically and verify in onnxruntime; returns the full report."""
     src_p, dst_p = Path(src), Path(dst)

@@ -68,7 +68,9 @@ class OnnxStatqQuantization(Pass):
             "calib_mode": PassConfigParam(
                 type_=str, default_value="sequential", description="sequential, independent or none."
             ),
-            "calib_compensation": PassConfigParam(type_=float, default_value=DEFAULT_COMPENSATION, description="0-1."),
+            "calib_compensation": PassConfigParam(
+                type_=float | None, default_value=DEFAULT_COMPENSATION, description="0-1; None: 0 on MatMul, 0.5 else."
+            ),
             **get_external_data_config(),
         }
 

@@ -21,7 +21,7 @@ from .executor import StreamExecutor
 from .gram import MAX_ROWS, GramStats
 from .refit import LayerGeometry, patches, refit_layer, supported
 
-__all__ = ["calibrate", "model_output_sqnr"]
+__all__ = ["DEFAULT_COMPENSATION", "OP_COMPENSATION", "calibrate", "compensation_for", "model_output_sqnr"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,19 @@ BIAS_OPS = frozenset({"Conv", "Gemm"})
 # -10.3, against -3.0 / -31.7 without feedback). See docs/calibration.md.
 DEFAULT_ERROR_FEEDBACK = True
 FEEDBACK_OPS = frozenset({"Conv"})
+
+# The refit target's compensation (refit.py: _target) when the caller gives none. MatMul layers get 0, the GPTQ
+# target: in a transformer they sit in residual blocks, where a layer asked to undo upstream error that also reaches
+# the output through the skip connection over-corrects. MiniLM at 3 bits, every layer at c = 0 / 0.5 / 1: -1.67 /
+# -3.83 / -14.17 points of top-1; PP-OCRv6 recognition (convolutions, then attention and a MatMul head) -0.41 /
+# -0.34 / -0.55. Convolutions and Gemm keep half compensation. See docs/calibration.md.
+DEFAULT_COMPENSATION = 0.5
+OP_COMPENSATION = {"MatMul": 0.0}
+
+
+def compensation_for(op: str, compensation: float | None) -> float:
+    """The compensation a layer of type ``op`` is refitted with: the caller's, or the default for its type."""
+    return OP_COMPENSATION.get(op, DEFAULT_COMPENSATION) if compensation is None else compensation
 
 
 def model_output_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
@@ -62,14 +75,15 @@ def calibrate(
     progress: Callable[[int, int, str], None] | None = None,
     refit_levels: bool = True,
     bias_correction: bool = True,
-    compensation: float = 1.0,
+    compensation: float | None = None,
     error_feedback: bool = DEFAULT_ERROR_FEEDBACK,
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free, and so do
     those in If branches the calibration feeds do not take (:mod:`.branches`).
 
     ``error_feedback`` also tries the GPTQ-style assignment of :mod:`feedback` on every refitted convolution
-    (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error."""
+    (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error. ``compensation`` None gives each
+    layer the default of its op type (:func:`compensation_for`)."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
     summary.outcomes.update(unreached)
@@ -110,7 +124,7 @@ def _calibrate_one(
     mode: CalibrationMode,
     refit_levels: bool,
     bias_correction: bool,
-    compensation: float,
+    compensation: float | None,
     error_feedback: bool,
     fb_s: list[float],
 ) -> LayerOutcome:
@@ -126,7 +140,8 @@ def _calibrate_one(
     for xq, xf in zip(xq_all, xf_all, strict=True):
         pf = patches(geo, xf)
         stats.add(pf if xq is xf else patches(geo, xq), pf, cap)
-    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, compensation, feedback)
+    lam = compensation_for(plan.op, compensation)
+    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback)
     fb_s[0] += result.feedback_s
     if not bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)
