@@ -51,10 +51,6 @@ RUNS: dict[str, list[str]] = {
         "bench_calibration",
         *("--tasks", "ppocr_det,ppocr_cls,silero_vad", "--bits", "4,3", "--out", "calibration_other"),
     ],
-    "calibration_minilm_floor": [
-        "bench_calibration",
-        *("--tasks", "minilm", "--bits", "4", "--compensations", "", "--out", "calibration_minilm_floor"),
-    ],
     "alloc": ["bench_alloc"],
     "peers": ["bench_peers"],
 }
@@ -286,13 +282,8 @@ def build() -> None:
     parts += verbatim("calibration.md", "Task metrics with calibration (`python -m benchmarks.bench_calibration`)")
     parts += verbatim(
         "calibration_other.md",
-        "Calibration on the other models (`python -m benchmarks.bench_calibration --tasks ppocr_det,ppocr_cls "
-        "--bits 4,3 --out calibration_other`)",
-    )
-    parts += verbatim(
-        "calibration_minilm_floor.md",
-        "MiniLM at 4 bits with calibration, after the allocation floor (`python -m benchmarks.bench_calibration "
-        "--tasks minilm --bits 4 --compensations '' --out calibration_minilm_floor`)",
+        "Calibration on the other models: PP-OCRv6 detection, the direction classifier and silero VAD (`python -m "
+        "benchmarks.bench_calibration --tasks ppocr_det,ppocr_cls,silero_vad --bits 4,3 --out calibration_other`)",
     )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:
