@@ -191,8 +191,11 @@ def peers_verdict_section(data: dict[str, Any]) -> list[str]:
 
 def _updates(machine: dict[str, Any]) -> str:
     """Say which rows a later ``bench_peers --update`` run replaced, and when."""
+    def on(u: dict[str, Any]) -> str:
+        return f" on {', '.join(u['models'])}" if u.get("models") else ""
+
     runs = machine.get("updates", [])
-    return "".join(f"; rows {', '.join(u['tools'])} rerun at commit {u['commit']} on {u['date']}" for u in runs)
+    return "".join(f"; rows {', '.join(u['tools'])}{on(u)} rerun at commit {u['commit']}, {u['date']}" for u in runs)
 
 
 def peers_section(data: dict[str, Any]) -> list[str]:
