@@ -178,8 +178,8 @@ def peers_verdict_section(data: dict[str, Any]) -> list[str]:
         "## onnx-statq at 4 bits against the peers, plainly",
         "",
         "Computed by `benchmarks/make_docs.py` from `benchmarks/results/peers.json` (measured on "
-        f"{m.get('lscpu_model_name')}, {m.get('date')}{_updates(m)}; tables and plots in the last section). For each "
-        "model: (a) is "
+        f"{m.get('lscpu_model_name')}, {m.get('date')}{_updates(data)}; tables and plots in the last section). "
+        "For each model: (a) is "
         "onnx-statq at 4 bits (data-free, default options) smaller than every 8-bit peer; (b) is it at least as "
         "accurate as onnxruntime's 4-bit MatMulNBits quantizer and onnxsim's K-means and NF4, at equal or smaller "
         "file size. Accuracy is the task's main metric on the full evaluation set; ties count as at least as "
@@ -189,13 +189,21 @@ def peers_verdict_section(data: dict[str, Any]) -> list[str]:
     ]
 
 
-def _updates(machine: dict[str, Any]) -> str:
-    """Say which rows a later ``bench_peers --update`` run replaced, and when."""
-    def on(u: dict[str, Any]) -> str:
-        return f" on {', '.join(u['models'])}" if u.get("models") else ""
-
-    runs = machine.get("updates", [])
-    return "".join(f"; rows {', '.join(u['tools'])}{on(u)} rerun at commit {u['commit']}, {u['date']}" for u in runs)
+def _updates(data: dict[str, Any]) -> str:
+    """Which rows later ``bench_peers --update`` runs replaced, from the rows' own marks, grouped by run and then by
+    the models each tool's rows cover."""
+    runs: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for r in data["rows"]:
+        if m := r.get("measured"):
+            runs.setdefault((m["date"], m["commit"]), {}).setdefault(r["tool"], set()).add(r["model"])
+    parts = []
+    for (date, commit), tools in sorted(runs.items()):
+        by_models: dict[tuple[str, ...], list[str]] = {}
+        for tool, models in tools.items():
+            by_models.setdefault(tuple(sorted(models)), []).append(tool)
+        rows = "; ".join(f"{', '.join(sorted(t))} on {', '.join(ms)}" for ms, t in sorted(by_models.items()))
+        parts.append(f"; rerun at commit {commit}, {date}: {rows}")
+    return "".join(parts)
 
 
 def peers_section(data: dict[str, Any]) -> list[str]:
