@@ -134,3 +134,13 @@ def test_condition_computed_from_an_input_is_evaluated(make_model, rng):
         ]
         report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, feeds))(m).report
         assert {layer.name: layer for layer in report.layers}["inner"].calibration == note
+
+
+def test_constant_condition_picks_its_branch(make_model, rng):
+    """An If on a constant (an initializer, not fed) always takes the same branch: that one is calibrated."""
+    m = _if_model(make_model, rng)
+    del m.graph.input[1]
+    m.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    feeds = [{k: v for k, v in f.items() if k != "cond"} for f in _feeds(rng, [True] * 8)]
+    report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, feeds))(m).report
+    assert {layer.name: layer for layer in report.layers}["inner"].calibration == "refitted"

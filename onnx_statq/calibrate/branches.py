@@ -53,10 +53,9 @@ def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]
     condition cannot be evaluated on its own (the branches then stay data-free rather than stop the calibration)."""
     cond = model.graph.node[index].input[0]
     constant = next((t for t in model.graph.initializer if t.name == cond), None)
-    if any(cond == i.name for i in model.graph.input):  # fed, even if an initializer gives it a default
-        values = [bool(np.asarray(f[cond]).reshape(-1)[0]) for f in feeds]
-    elif constant is not None:
-        values = [bool(numpy_helper.to_array(constant).reshape(-1)[0])]
+    default = None if constant is None else numpy_helper.to_array(constant)
+    if any(cond == i.name for i in model.graph.input) or default is not None:  # a feed wins over a default
+        values = [bool(np.asarray(f.get(cond, default)).reshape(-1)[0]) for f in feeds]
     else:
         try:
             values = _evaluate(_condition_model(model, index), feeds)
