@@ -206,3 +206,11 @@ def test_error_feedback_never_worse_than_plain_refit(rng):
         fb = refit_layer(enc, w, geo, stats, compensation=0.5, error_feedback=True)
         assert fb.output_sqnr_after_db >= plain.output_sqnr_after_db - 1e-9
         assert fb.encoded.codebook is not None and np.all(np.diff(fb.encoded.codebook.levels, axis=1) >= 0)
+
+
+def test_default_compensation_is_per_op_and_an_explicit_one_wins():
+    from onnx_statq.calibrate.session import compensation_for
+
+    assert compensation_for("MatMul", None) == 0.0  # transformer residual blocks: the GPTQ target
+    assert compensation_for("Conv", None) == compensation_for("Gemm", None) == 0.5
+    assert compensation_for("MatMul", 0.7) == compensation_for("Conv", 0.7) == 0.7
