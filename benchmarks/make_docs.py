@@ -56,12 +56,19 @@ RUNS: dict[str, list[str]] = {
 }
 
 
+def command(name: str) -> str:
+    """The shell command behind result ``name``, as the page quotes it."""
+    script, *args = RUNS[name]
+    return " ".join(["python -m", f"benchmarks.{script}", *args])
+
+
 def run(names: list[str]) -> None:
     """Run the benchmarks behind ``names`` one after another; stop at the first that fails."""
     for name in names:
-        cmd = [sys.executable, "-m", f"benchmarks.{RUNS[name][0]}", *RUNS[name][1:]]
-        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        script, *args = RUNS[name]
+        print(f"== {name}: {command(name)}", flush=True)
+        if subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *args], cwd=ROOT).returncode:
+            raise SystemExit(f"make_docs: {command(name)} failed; the page was not rebuilt")
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -234,9 +241,13 @@ def alloc_section(data: dict[str, Any] | None) -> list[str]:
 
 
 def verbatim(name: str, title: str) -> list[str]:
-    p = RESULTS / name
+    """The markdown a benchmark wrote for result ``name``, under ``title`` followed by the command behind it (unless
+    the title quotes it already)."""
+    p = RESULTS / f"{name}.md"
+    if "`python -m" not in title:
+        title = f"{title} (`{command(name)}`)"
     if not p.exists():
-        return [f"## {title}", "", f"(not run yet: `{name}` is missing)", ""]
+        return [f"## {title}", "", f"(not run yet: `{p.name}` is missing)", ""]
     return [f"## {title}", "", p.read_text().strip(), ""]
 
 
@@ -268,33 +279,22 @@ def build() -> None:
         parts += size_time_section(st)
     if (lg := _load("large.json")) is not None:
         parts += large_section(lg)
+    parts += verbatim("models_default", "Task metrics, data-free, default options")
     parts += verbatim(
-        "models_default.md",
-        "Task metrics, data-free, default options (`python -m benchmarks.bench_models --methods sigma "
-        "--bits 8,4,3,2 --out models_default`)",
-    )
-    parts += verbatim(
-        "models_other.md",
+        "models_other",
         "Other real models of the same kinds: PP-OCRv6 detection, the PP-OCR direction classifier and silero VAD "
-        "(recurrent, state inputs, If subgraphs), data-free (`python -m benchmarks.bench_models --tasks "
-        "ppocr_det,ppocr_cls,silero_vad --methods sigma --bits 8,4,3,2 --out models_other`)",
+        "(recurrent, state inputs, If subgraphs), data-free",
     )
+    parts += verbatim("granularity_channel", "One codebook per output channel everywhere, at the same budget")
     parts += verbatim(
-        "granularity_channel.md",
-        "One codebook per output channel everywhere, at the same budget (`python -m benchmarks.bench_models "
-        "--tasks magika,ppocr_rec,minilm --methods sigma --granularities channel --bits 3,2 --out "
-        "granularity_channel`)",
-    )
-    parts += verbatim(
-        "models.md",
+        "models",
         "Task metrics, data-free, every method with the same bits in every layer (measured before the allocation "
-        "became the default; `python -m benchmarks.bench_models --allocation fixed` reruns it)",
+        f"became the default; `{command('models')}` reruns it)",
     )
-    parts += verbatim("calibration.md", "Task metrics with calibration (`python -m benchmarks.bench_calibration`)")
+    parts += verbatim("calibration", "Task metrics with calibration")
     parts += verbatim(
-        "calibration_other.md",
-        "Calibration on the other models: PP-OCRv6 detection, the direction classifier and silero VAD (`python -m "
-        "benchmarks.bench_calibration --tasks ppocr_det,ppocr_cls,silero_vad --bits 4,3 --out calibration_other`)",
+        "calibration_other",
+        "Calibration on the other models: PP-OCRv6 detection, the direction classifier and silero VAD",
     )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:

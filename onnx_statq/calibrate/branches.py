@@ -18,11 +18,10 @@ import logging
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..plan import LayerOutcome, LayerPlan
-from .executor import subgraph_inputs
+from .executor import cpu_session, model_like, subgraph_inputs
 
 __all__ = ["inline_taken_branches"]
 
@@ -42,10 +41,7 @@ def _condition_model(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
     inputs = [i for i in model.graph.input if i.name in need]
     inits = [t for t in model.graph.initializer if t.name in need]
     graph = helper.make_graph(keep, "condition", inputs, [helper.make_empty_tensor_value_info(cond)], inits)
-    m = helper.make_model(graph, opset_imports=list(model.opset_import))
-    m.ir_version = model.ir_version
-    m.functions.extend(model.functions)
-    return m
+    return model_like(model, graph)
 
 
 def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]]) -> tuple[str | None, str]:
@@ -68,9 +64,7 @@ def _taken(model: onnx.ModelProto, index: int, feeds: list[dict[str, np.ndarray]
 
 
 def _evaluate(cond_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[bool]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(cond_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(cond_model)
     names = [i.name for i in sess.get_inputs()]
     return [bool(np.asarray(sess.run(None, {k: f[k] for k in names})[0]).reshape(-1)[0]) for f in feeds]
 
@@ -122,7 +116,4 @@ def inline_taken_branches(
             fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: {why_not[p.branch[0]]}")
     logger.info("calibration inlines %d of %d If nodes", sum(t is not None for t in taken.values()), len(ifs))
     graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), list(model.graph.output), inits)
-    flat = helper.make_model(graph, opset_imports=list(model.opset_import))
-    flat.ir_version = model.ir_version
-    flat.functions.extend(model.functions)
-    return flat, kept, fixed
+    return model_like(model, graph), kept, fixed

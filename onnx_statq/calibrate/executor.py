@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-__all__ = ["StreamExecutor", "subgraph_inputs"]
+__all__ = ["StreamExecutor", "cpu_session", "model_like", "subgraph_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,25 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
                 names |= {i for i in n.input if i and i not in local}
                 names |= subgraph_inputs(n) - local
     return names
+
+
+def model_like(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
+    """``graph`` as a model with ``model``'s opsets, IR version and functions: what every copy calibration runs
+    (segments, inlined branches, conditions) needs to load as the original does."""
+    m = helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    m.functions.extend(model.functions)
+    return m
+
+
+def cpu_session(model: onnx.ModelProto, basic: bool = False) -> ort.InferenceSession:
+    """A quiet CPU session; ``basic`` keeps graph optimisation to the basic level (segments run once, so heavier
+    optimisation would cost more than it saves)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if basic:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
@@ -155,20 +174,14 @@ class StreamExecutor:
         graph = helper.make_graph(
             body, "segment", inputs, [helper.make_empty_tensor_value_info(o) for o in keep], inits
         )
-        m = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        m.ir_version = self.model.ir_version
-        m.functions.extend(self.model.functions)
-        return m
+        return model_like(self.model, graph)
 
     def _run(self, nodes: list[onnx.NodeProto], envs: list[dict[str, np.ndarray]], quant: bool, stop: int) -> None:
         model = self._segment(nodes, envs[0], quant, stop)
         keep = [o.name for o in model.graph.output]
         if not keep:
             return
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = cpu_session(model, basic=True)
         self.sessions += 1
         names = [i.name for i in sess.get_inputs()]
         for env in envs:

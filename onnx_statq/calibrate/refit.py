@@ -255,6 +255,24 @@ def _pick(
     return EncodedTensor(a.representation, a.shape, a.axis, cb, idx, None, 0.0, a.stored_bytes)
 
 
+def _refitted_feedback(
+    enc: EncodedTensor,
+    geo: LayerGeometry,
+    wf: np.ndarray,
+    g: np.ndarray,
+    h: np.ndarray,
+    yy: np.ndarray,
+    refit_levels: bool,
+) -> EncodedTensor:
+    """The feedback assignment, its levels refitted on ``g``/``h`` when ``refit_levels`` (up to
+    ``FEEDBACK_REFIT_MAX_K`` levels)."""
+    assert enc.codebook is not None
+    cand = _feedback_candidate(enc, geo, wf, g, h)
+    if refit_levels and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
+        cand = _refit_levels(cand, geo, g, h, yy)
+    return cand
+
+
 def _feedback_generalises(
     enc: EncodedTensor, geo: LayerGeometry, wf: np.ndarray, stats: GramStats, refit_levels: bool, lam: float
 ) -> bool:
@@ -265,13 +283,11 @@ def _feedback_generalises(
     if parts is None:
         return True
     fit, held = parts
-    assert fit.gqq is not None and held.gqq is not None and enc.codebook is not None
+    assert fit.gqq is not None and held.gqq is not None
     h_fit, yy_fit, _ = _target(fit, wf, lam)
     h_held, yy_held, _ = _target(held, wf, lam)
     plain = _refit_levels(enc, geo, fit.gqq, h_fit, yy_fit) if refit_levels else enc
-    cand = _feedback_candidate(enc, geo, wf, fit.gqq, h_fit)
-    if refit_levels and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
-        cand = _refit_levels(cand, geo, fit.gqq, h_fit, yy_fit)
+    cand = _refitted_feedback(enc, geo, wf, fit.gqq, h_fit, yy_fit, refit_levels)
     err = [
         float(_quad_error(geo.rows(e.decoded()).astype(np.float64), held.gqq, h_held, yy_held).sum())
         for e in (plain, cand)
@@ -307,9 +323,7 @@ def refit_layer(
         new = _refit_levels(enc, geo, stats.gqq, h, yy) if refit_levels else enc
         t0 = time.perf_counter()
         if error_feedback and _feedback_generalises(enc, geo, wf, stats, refit_levels, compensation):
-            cand = _feedback_candidate(enc, geo, wf, stats.gqq, h)
-            if refit_levels and enc.codebook is not None and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
-                cand = _refit_levels(cand, geo, stats.gqq, h, yy)
+            cand = _refitted_feedback(enc, geo, wf, stats.gqq, h, yy, refit_levels)
             new = _pick(new, cand, geo, stats.gqq, h, yy)
         feedback_s = time.perf_counter() - t0
         if new is not enc:

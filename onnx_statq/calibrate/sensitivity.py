@@ -66,13 +66,9 @@ def measure_sensitivities(
 ) -> dict[str, float]:
     """Output relative error per unit of relative weight error, per probe (float outputs and non-float ones are
     compared as floats; a probe whose weight error is 0 gets 0)."""
-    import onnxruntime as ort
+    from .executor import cpu_session
 
-    names = {p.name for p in probes}
-    probed = _weights_as_inputs(model, names)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
     base = {p.name: p.values for p in probes}
     sample_feeds = _first_samples(feeds, MAX_SENSITIVITY_SAMPLES)
     ref = [[np.asarray(o, np.float64) for o in sess.run(None, {**f, **base})] for f in sample_feeds]

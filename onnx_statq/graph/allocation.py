@@ -146,8 +146,9 @@ def choose_bits(
     """Widths (and, where a layer has alternatives, layouts) for the free layers under ``config``'s target.
 
     ``other_bytes`` is what the output keeps besides these layers (graph, kept tensors), ``input_bytes`` the input
-    file size; both only matter for ``size_ratio``. ``importance`` weighs each layer's error in the sum the budget
-    minimises (measured sensitivities; equal without calibration data). A per-layer SQNR target ignores it.
+    file size; both only matter for ``size_ratio``. ``importance`` weighs each layer's predicted error (measured
+    sensitivities; equal without calibration data): in the sum a budget minimises, and, with a per-layer SQNR
+    target, in the error compared with the target.
     """
     opts = _options(config, layers)
     if importance is not None:

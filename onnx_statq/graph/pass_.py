@@ -339,7 +339,7 @@ class StatqPass:
         for w in todo:
             use = w.uses[0]
             if id(use.node) not in where or not use.node.inputs or not use.node.outputs:
-                nested += use.graph is not graph and id(use.node) not in where
+                nested += id(use.node) not in where  # every main-graph node is in ``where``
                 continue
             index, branch = where[id(use.node)]
             plans.append(
