@@ -13,7 +13,8 @@ from test_cli import cli
 from onnx_statq import QuantConfig
 from onnx_statq.codebook import Method, fit
 from onnx_statq.codebook.allocate import allocate_bits, stored_bits
-from onnx_statq.codebook.predict import finite_sample, ggd_kurtosis, predict_curve, predict_rel_error
+from onnx_statq.codebook.ggd_model import finite_sample, ggd_kurtosis
+from onnx_statq.codebook.predict import predict_curve, predict_rel_error
 from onnx_statq.codebook.tensor import _encode_codebook
 from onnx_statq.errors import ConfigError
 
