@@ -33,3 +33,12 @@ def test_doc_command_runs(tmp_path: Path, doc: str, command: str):
         argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO))
     )
     assert res.returncode == 0, f"{doc}: {command}\n{res.stderr}"
+
+
+def test_every_package_is_in_the_wheel():
+    # pyproject lists packages by hand: a subpackage left out imports in the repository and is missing from a wheel
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "onnx_statq").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
