@@ -214,3 +214,29 @@ def test_default_compensation_is_per_op_and_an_explicit_one_wins():
     assert compensation_for("MatMul", None) == 0.0  # transformer residual blocks: the GPTQ target
     assert compensation_for("Conv", None) == compensation_for("Gemm", None) == 0.5
     assert compensation_for("MatMul", 0.7) == compensation_for("Conv", 0.7) == 0.7
+
+
+@pytest.mark.parametrize("quant_stream", [True, False], ids=["sequential", "independent"])
+def test_thread_count_does_not_change_the_streams(conv_model, rng, monkeypatch, quant_stream):
+    """Segments start on one thread and move to onnxruntime's pool when long; either way the tensors are the same
+    bit for bit (the calibrated model must not depend on how busy the machine was)."""
+    from onnx_statq.calibrate import executor
+
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    w2 = next(t for t in m.graph.initializer if t.name == "w2")
+    seen = {}
+    for after in (float("inf"), 0.0):
+        monkeypatch.setattr(executor, "THREADED_AFTER_S", after)
+        ex = StreamExecutor(m, feeds, quant_stream=quant_stream)
+        ex.advance(2)
+        layer_in = ex.inputs("r1", quant=quant_stream)
+        ex.set_quantized("w2", np.round(onnx.numpy_helper.to_array(w2) * 8) / 8)
+        ex.add_bias(2, np.full(32, 0.01))
+        ex.finish()
+        seen[after] = (layer_in, ex.graph_outputs(), ex.sessions)
+    (a, (ra, qa), na), (b, (rb, qb), nb) = seen[float("inf")], seen[0.0]
+    assert nb > na  # every segment with a second feed moved to the pool
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+    for ea, eb in zip(ra + qa, rb + qb, strict=True):
+        assert ea.keys() == eb.keys() and all(ea[k].tobytes() == eb[k].tobytes() for k in ea)
