@@ -264,3 +264,18 @@ def test_only_report_segments_get_full_optimisation(conv_model, rng, monkeypatch
     ref, out = ex.graph_outputs()
     for f, r, o in zip(feeds, ref, out, strict=True):
         assert np.allclose(r["y"], run(m, f)[0], atol=1e-5) and np.allclose(o["y"], r["y"], atol=1e-5)
+
+
+def test_model_output_sqnr_matches_the_direct_sums(rng, monkeypatch):
+    """The chunked float64 sums give the figure of the whole-array formula, across chunk edges and outputs."""
+    from onnx_statq.calibrate import session
+
+    monkeypatch.setattr(session, "SUM_CHUNK", 1000)
+    ref = [{"y": rng.standard_normal((3, 2501)).astype(np.float32), "ids": np.arange(3)} for _ in range(2)]
+    out = [{"y": r["y"] + 0.01 * rng.standard_normal(r["y"].shape).astype(np.float32), "ids": r["ids"]} for r in ref]
+    x = np.concatenate([r["y"].ravel() for r in ref]).astype(np.float64)
+    y = np.concatenate([o["y"].ravel() for o in out]).astype(np.float64)
+    direct = 10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))
+    assert session.model_output_sqnr(ref, out) == pytest.approx(direct, abs=1e-9)
+    assert session.model_output_sqnr(ref, ref) == float("inf")
+    assert session.model_output_sqnr([{"y": np.zeros(3, np.float32)}], [{"y": np.ones(3, np.float32)}]) is None
