@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 # single-threaded one ~0.2 ms, and most segments run in well under a millisecond: thread start-up was nearly all of
 # the calibration's onnxruntime time on small models (the demo CNN: 8 sessions, 70 ms, against 0.7 ms for a float
 # pass). So every segment starts on one thread and moves to a threaded session only when its remaining runs are long
-# enough to repay the start-up. Thread counts do not change the results (MLAS splits work by output rows and
-# columns, not along a reduction): the streams were compared bit for bit on six task models.
+# enough to repay the start-up; the quantized stream then opens the same segment threaded or not as the float stream
+# measured, so the slower single-threaded first run is paid once per segment. Thread counts do not change the
+# results (MLAS splits work by output rows and columns, not along a reduction): the streams were compared bit for bit
+# on six task models.
 THREADED_AFTER_S = 0.02
 
 
@@ -141,9 +143,9 @@ class StreamExecutor:
         if stop <= self.pos:
             return
         nodes = self.nodes[self.pos : stop]
-        self._run(nodes, self.float_env, False, stop, full_opt=report_only)
-        if self.quant_stream:
-            self._run(nodes, self.quant_env, True, stop, full_opt=report_only)
+        threaded = self._run(nodes, self.float_env, False, stop, full_opt=report_only)
+        if self.quant_stream:  # the same nodes on the same shapes: the float stream's measurement decides
+            self._run(nodes, self.quant_env, True, stop, full_opt=report_only, threaded=threaded)
         self.pos = stop
 
     def finish(self) -> None:
@@ -196,26 +198,36 @@ class StreamExecutor:
         return model_like(self.model, graph)
 
     def _run(
-        self, nodes: list[onnx.NodeProto], envs: list[dict[str, np.ndarray]], quant: bool, stop: int, full_opt: bool
-    ) -> None:
+        self,
+        nodes: list[onnx.NodeProto],
+        envs: list[dict[str, np.ndarray]],
+        quant: bool,
+        stop: int,
+        full_opt: bool,
+        threaded: bool | None = None,
+    ) -> bool:
+        """Run ``nodes`` on every feed of one stream; ``threaded`` None measures the first feed on one thread to
+        decide (``THREADED_AFTER_S``). Returns whether the thread pool was used."""
         model = self._segment(nodes, envs[0], quant, stop)
         keep = [o.name for o in model.graph.output]
         if not keep:
-            return
+            return bool(threaded)
         data = model.SerializeToString()
         basic = not full_opt
-        sess = cpu_session(data, basic=basic, threads=1)
+        sess = cpu_session(data, basic=basic, threads=0 if threaded else 1)
         self.sessions += 1
         names = [i.name for i in sess.get_inputs()]
         for i, env in enumerate(envs):
             start = time.thread_time()  # a single-threaded session runs in this thread; a busy machine adds nothing
             for name, value in zip(keep, sess.run(keep, {k: env[k] for k in names}), strict=True):
                 env[name] = value
-            if i == 0 and (time.thread_time() - start) * (len(envs) - 1) > THREADED_AFTER_S:
+            if threaded is None and i == 0 and (time.thread_time() - start) * (len(envs) - 1) > THREADED_AFTER_S:
                 sess = cpu_session(data, basic=basic)  # a long segment: the thread pool pays for itself
                 self.sessions += 1
+                threaded = True
             for name in [k for k in env if self.last_use.get(k, -1) < stop]:
                 del env[name]
+        return bool(threaded)
 
     def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]
