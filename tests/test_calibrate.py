@@ -214,3 +214,68 @@ def test_default_compensation_is_per_op_and_an_explicit_one_wins():
     assert compensation_for("MatMul", None) == 0.0  # transformer residual blocks: the GPTQ target
     assert compensation_for("Conv", None) == compensation_for("Gemm", None) == 0.5
     assert compensation_for("MatMul", 0.7) == compensation_for("Conv", 0.7) == 0.7
+
+
+@pytest.mark.parametrize("quant_stream", [True, False], ids=["sequential", "independent"])
+def test_thread_count_does_not_change_the_streams(conv_model, rng, monkeypatch, quant_stream):
+    """Segments start on one thread and move to onnxruntime's pool when long; either way the tensors are the same
+    bit for bit (the calibrated model must not depend on how busy the machine was)."""
+    from onnx_statq.calibrate import executor
+
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    w2 = next(t for t in m.graph.initializer if t.name == "w2")
+    seen = {}
+    for after in (float("inf"), 0.0):
+        monkeypatch.setattr(executor, "THREADED_AFTER_S", after)
+        ex = StreamExecutor(m, feeds, quant_stream=quant_stream)
+        ex.advance(2)
+        layer_in = ex.inputs("r1", quant=quant_stream)
+        ex.set_quantized("w2", np.round(onnx.numpy_helper.to_array(w2) * 8) / 8)
+        ex.add_bias(2, np.full(32, 0.01))
+        ex.finish()
+        seen[after] = (layer_in, ex.graph_outputs(), ex.sessions)
+    (a, (ra, qa), na), (b, (rb, qb), nb) = seen[float("inf")], seen[0.0]
+    assert nb > na  # every segment with a second feed moved to the pool
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+    for ea, eb in zip(ra + qa, rb + qb, strict=True):
+        assert ea.keys() == eb.keys() and all(ea[k].tobytes() == eb[k].tobytes() for k in ea)
+
+
+@pytest.mark.parametrize("quant_stream", [True, False], ids=["sequential", "independent"])
+def test_only_report_segments_get_full_optimisation(conv_model, rng, monkeypatch, quant_stream):
+    """Layer inputs come from basic-level sessions (their bits decide the refits); what finish() runs feeds only the
+    report's output SQNR, so it may use full optimisation, and its outputs still match the model's."""
+    from onnx_statq.calibrate import executor
+
+    levels: list[bool] = []
+    real = executor.cpu_session
+    monkeypatch.setattr(
+        executor, "cpu_session", lambda m, basic=False, threads=0: levels.append(basic) or real(m, basic, threads)
+    )
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    ex = StreamExecutor(m, feeds, quant_stream=quant_stream)
+    ex.advance(5)
+    assert levels and all(levels)
+    before = len(levels)
+    ex.finish()
+    assert len(levels) > before and not any(levels[before:])
+    ref, out = ex.graph_outputs()
+    for f, r, o in zip(feeds, ref, out, strict=True):
+        assert np.allclose(r["y"], run(m, f)[0], atol=1e-5) and np.allclose(o["y"], r["y"], atol=1e-5)
+
+
+def test_model_output_sqnr_matches_the_direct_sums(rng, monkeypatch):
+    """The chunked float64 sums give the figure of the whole-array formula, across chunk edges and outputs."""
+    from onnx_statq.calibrate import session
+
+    monkeypatch.setattr(session, "SUM_CHUNK", 1000)
+    ref = [{"y": rng.standard_normal((3, 2501)).astype(np.float32), "ids": np.arange(3)} for _ in range(2)]
+    out = [{"y": r["y"] + 0.01 * rng.standard_normal(r["y"].shape).astype(np.float32), "ids": r["ids"]} for r in ref]
+    x = np.concatenate([r["y"].ravel() for r in ref]).astype(np.float64)
+    y = np.concatenate([o["y"].ravel() for o in out]).astype(np.float64)
+    direct = 10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))
+    assert session.model_output_sqnr(ref, out) == pytest.approx(direct, abs=1e-9)
+    assert session.model_output_sqnr(ref, ref) == float("inf")
+    assert session.model_output_sqnr([{"y": np.zeros(3, np.float32)}], [{"y": np.ones(3, np.float32)}]) is None

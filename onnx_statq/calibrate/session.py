@@ -59,12 +59,30 @@ def model_output_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.n
     for a, b in zip(ref, out, strict=True):
         for k, x in a.items():
             if k in b and np.issubdtype(np.asarray(x).dtype, np.floating):
-                x64 = np.asarray(x, np.float64)
-                noise += float(np.sum((x64 - np.asarray(b[k], np.float64)) ** 2))
-                signal += float(np.sum(x64**2))
+                n, s = _squared_sums(np.asarray(x), np.asarray(b[k]))
+                noise += n
+                signal += s
     if signal == 0:
         return None
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+
+
+SUM_CHUNK = 1 << 16  # elements: float64 copies of this size stay in cache
+
+
+def _squared_sums(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """sum((x - y)^2) and sum(x^2) in float64, a cache-sized chunk at a time.
+
+    Whole-array float64 temporaries made this as slow as a float forward pass on PP-OCRv6 recognition (190 MB of
+    logits per stream); chunks cost a fifth of that and agree to ~1e-13 dB."""
+    xs, ys = x.reshape(-1), np.broadcast_to(y, x.shape).reshape(-1)
+    noise = signal = 0.0
+    for start in range(0, xs.size, SUM_CHUNK):
+        x64 = xs[start : start + SUM_CHUNK].astype(np.float64)
+        d = x64 - ys[start : start + SUM_CHUNK]
+        noise += float(np.einsum("i,i->", d, d))
+        signal += float(np.einsum("i,i->", x64, x64))
+    return noise, signal
 
 
 def calibrate(
