@@ -279,3 +279,35 @@ def test_model_output_sqnr_matches_the_direct_sums(rng, monkeypatch):
     assert session.model_output_sqnr(ref, out) == pytest.approx(direct, abs=1e-9)
     assert session.model_output_sqnr(ref, ref) == float("inf")
     assert session.model_output_sqnr([{"y": np.zeros(3, np.float32)}], [{"y": np.ones(3, np.float32)}]) is None
+
+
+def test_a_thread_pool_that_changes_results_is_not_used(conv_model, rng, monkeypatch):
+    """Going threaded is decided by timing; where the pool's results differ (an op splitting a reduction across
+    threads), the segment stays on one thread, so the calibrated model never depends on the machine's load."""
+    from onnx_statq.calibrate import executor
+
+    class Perturbed:  # a threaded session whose outputs differ in the last bit
+        def __init__(self, sess):
+            self.sess = sess
+
+        def get_inputs(self):
+            return self.sess.get_inputs()
+
+        def run(self, names, feed):
+            return [np.nextafter(v, np.inf).astype(v.dtype) for v in self.sess.run(names, feed)]
+
+    real = executor.cpu_session
+    monkeypatch.setattr(
+        executor,
+        "cpu_session",
+        lambda m, basic=False, threads=0: (Perturbed if threads == 0 else lambda s: s)(real(m, basic, threads)),
+    )
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    seen = []
+    for after in (float("inf"), 0.0):
+        monkeypatch.setattr(executor, "THREADED_AFTER_S", after)
+        ex = StreamExecutor(m, feeds, quant_stream=True)
+        ex.advance(2)
+        seen.append([x.tobytes() for x in ex.inputs("r1", quant=True) + ex.inputs("r1", quant=False)])
+    assert seen[0] == seen[1]

@@ -28,8 +28,15 @@ logger = logging.getLogger(__name__)
 # enough to repay the start-up; the quantized stream then opens the same segment threaded or not as the float stream
 # measured, so the slower single-threaded first run is paid once per segment. Thread counts do not change the
 # results (MLAS splits work by output rows and columns, not along a reduction): the streams were compared bit for bit
-# on six task models.
+# on six task models, and each segment checks it on its first feed before going threaded (_same_threaded).
 THREADED_AFTER_S = 0.02
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit (NaNs included), for any dtype onnxruntime returns (strings come as object arrays)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return bool(np.array_equal(a, b)) if a.dtype == object else a.tobytes() == b.tobytes()
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -218,16 +225,34 @@ class StreamExecutor:
         self.sessions += 1
         names = [i.name for i in sess.get_inputs()]
         for i, env in enumerate(envs):
+            feed = {k: env[k] for k in names}
             start = time.thread_time()  # a single-threaded session runs in this thread; a busy machine adds nothing
-            for name, value in zip(keep, sess.run(keep, {k: env[k] for k in names}), strict=True):
-                env[name] = value
+            values = sess.run(keep, feed)
             if threaded is None and i == 0 and (time.thread_time() - start) * (len(envs) - 1) > THREADED_AFTER_S:
-                sess = cpu_session(data, basic=basic)  # a long segment: the thread pool pays for itself
-                self.sessions += 1
-                threaded = True
+                pooled = self._same_threaded(data, basic, keep, feed, values)  # a long segment: a pool may pay
+                threaded = pooled is not None
+                sess = pooled or sess
+            env.update(zip(keep, values, strict=True))
             for name in [k for k in env if self.last_use.get(k, -1) < stop]:
                 del env[name]
         return bool(threaded)
+
+    def _same_threaded(
+        self, data: bytes, basic: bool, keep: list[str], feed: dict[str, np.ndarray], single: list[np.ndarray]
+    ) -> ort.InferenceSession | None:
+        """A session on onnxruntime's thread pool, if it gives the single-threaded outputs bit for bit on ``feed``.
+
+        Whether a segment goes threaded is decided by timing, which varies from run to run; the calibrated model
+        must not. MLAS splits its work by output rows and columns, so the results were identical on six task
+        models, but an op that splits a reduction across threads would not be: such a segment stays on one thread
+        (one extra run of one feed, for segments long enough to be threaded)."""
+        sess = cpu_session(data, basic=basic)
+        self.sessions += 1
+        pooled = sess.run(keep, feed)
+        if all(_identical(a, b) for a, b in zip(single, pooled, strict=True)):
+            return sess
+        logger.debug("segment ending at %s stays single-threaded: the thread pool changes its results", keep[0])
+        return None
 
     def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]
