@@ -117,7 +117,9 @@ def _lookup(
     # float32 and float16 weights: float32 arithmetic on exact inputs
     v: np.ndarray = (x - float(lo32)) * float(scale32) if x.dtype == np.float64 else (x - lo32) * scale32
     v -= 0.05
-    cell = np.clip(v, 0, cells).astype(np.int32)
+    np.fmin(v, cells, out=v)  # np.clip, but NaN goes to the last cell: searchsorted's answer, which sorts it last
+    np.maximum(v, 0, out=v)
+    cell = v.astype(np.int32)
     idx = lut[np.minimum(cell, cells - 1)]
     idx[cell >= cells] = ext.size - 1
     for _ in range(passes):

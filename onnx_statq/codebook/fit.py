@@ -131,7 +131,6 @@ class _SortedRuns:
                 levels = self.means(bounds, levels)
         return levels, max_steps
 
-
     def _scalar_safe(self, levels: np.ndarray) -> bool:
         """Whether Python floats reproduce NumPy's steps: no NaN (NumPy sorts it last) and no overflowing sum."""
         return bool(np.isfinite(levels).all() and np.isfinite(self.cws[-1]).all() and not np.isnan(self.keyed).any())
@@ -149,7 +148,8 @@ class _SortedRuns:
         lv = levels[0].tolist()
         bounds = None
         for step in range(max_steps):
-            new = [0, *(bisect_right(keyed, ((a + b) * 0.5 - lo) / span + off) for a, b in zip(lv[1:], lv)), m]
+            thr = [((a + b) * 0.5 - lo) / span + off for a, b in zip(lv[1:], lv[:-1], strict=True)]
+            new = [0, *(bisect_right(keyed, t) for t in thr), m]
             if new == bounds:
                 return np.array([lv]), step
             bounds = new
