@@ -92,9 +92,10 @@ def test_sweeps_and_small_tables_equal_searchsorted(k, dtype):
         assert np.array_equal(assign_rows(levels[None, :], x[None, :])[0], np.searchsorted(thr, x, side="left"))
 
 
-def test_multi_row_blocks_equal_one_row_at_a_time():
+@pytest.mark.parametrize("bits", [3, 6])  # sweeps over blocks of rows; a table per row
+def test_multi_row_blocks_equal_one_row_at_a_time(bits):
     x = (np.random.default_rng(2).standard_t(3, size=(40, 9000)) * 0.02).astype(np.float32)
-    cb = fit(x, 3, level_dtype="float16")
+    cb = fit(x, bits, level_dtype="float16")
     together = assign_rows(cb.levels, x)
     alone = np.stack(
         [

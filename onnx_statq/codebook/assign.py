@@ -34,14 +34,16 @@ def assign_rows(levels: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Index of the nearest level of row ``g`` for every value in row ``g`` (levels sorted per row).
 
     Thresholds are float64 midpoints, so the result is the exact nearest level, ties going to the lower one. One
-    row uses a binary search, O(n log K); many short rows count the thresholds below each value, K-1 vectorised
-    sweeps, which beats a Python loop over thousands of channels. Sweeps run a block of rows at a time, so that
-    their temporaries stay in cache.
+    row uses a table lookup (:func:`_assign_one`); many short rows, or rows of at most 16 levels, count the
+    thresholds below each value, K-1 vectorised sweeps, which beats a Python loop over thousands of channels.
+    Sweeps run a block of rows at a time, so that their temporaries stay in cache.
     """
     thr = _thresholds(np.atleast_2d(levels))
     values = np.asarray(values)
     if thr.shape[0] == 1:
         return _assign_one(thr[0], values.ravel()).reshape(values.shape)
+    if thr.shape[1] >= FEW_THRESHOLDS and values.shape[1] >= SMALL_LUT_CELLS // 4:  # K-1 sweeps cost more
+        return np.stack([_assign_one(t, row) for t, row in zip(thr, values, strict=True)])
     out = np.zeros(values.shape, dtype=np.uint8)
     thr = _comparable(thr, values)
     rows = max(1, BLOCK // max(values.shape[1], 1))
