@@ -8,12 +8,14 @@ storage type and sorts them.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from .assign import assign_rows
-from .stats import few_distinct
+from .stats import few_distinct, sampled_beyond
 from .types import MAX_BITS, Codebook, LevelDType, Method
 
 __all__ = [
@@ -38,18 +40,29 @@ SKETCH_SAMPLE = 1 << 18
 SKETCH_TAIL = 64  # subsample values beyond which a long row's weights are all sketched (_tail_complete)
 TAIL_MIN_K = 128  # from this K on (7 bits) a long row's sketch holds all its extremes: see _tail_complete
 PLACEMENT_PER_BIN = 32
+SCALAR_MAX_K = 16  # up to this many levels, one row's Lloyd steps run faster in Python floats than in NumPy
 
 
 def _level_means(
     values: np.ndarray, idx: np.ndarray, k: int, weights: np.ndarray | None, prev: np.ndarray
 ) -> np.ndarray:
-    """Per-row, per-level (weighted) mean of ``values`` under assignment ``idx``; empty levels keep ``prev``."""
-    g = values.shape[0]
-    flat = idx.astype(np.int64) if g == 1 else (np.arange(g)[:, None] * k + idx)
-    flat = flat.ravel()
-    wv = values if weights is None else values * weights
-    counts = np.bincount(flat, weights=None if weights is None else weights.ravel(), minlength=g * k)
-    sums = np.bincount(flat, weights=wv.ravel(), minlength=g * k)
+    """Per-row, per-level (weighted) mean of ``values`` under assignment ``idx``; empty levels keep ``prev``.
+
+    Counted a block of rows at a time (each level belongs to one row, so its sums add the same values in the same
+    order as one count over every row would), to keep the temporaries in cache.
+    """
+    g, n = values.shape
+    counts, sums = np.empty(g * k), np.empty(g * k)
+    rows = max(1, BIN_BLOCK // max(n, 1))
+    for r0 in range(0, g, rows):
+        r1 = min(g, r0 + rows)
+        part = idx[r0:r1]
+        flat = part.astype(np.int64) if r1 - r0 == 1 else (np.arange(r1 - r0)[:, None] * k + part)
+        flat = flat.ravel()
+        w = None if weights is None else weights[r0:r1]
+        wv = values[r0:r1] if w is None else values[r0:r1] * w
+        counts[r0 * k : r1 * k] = np.bincount(flat, weights=None if w is None else w.ravel(), minlength=(r1 - r0) * k)
+        sums[r0 * k : r1 * k] = np.bincount(flat, weights=wv.ravel(), minlength=(r1 - r0) * k)
     out = prev.copy()
     used = counts.reshape(g, k) > 0
     out[used] = sums.reshape(g, k)[used] / counts.reshape(g, k)[used]
@@ -61,7 +74,9 @@ class _SortedRuns:
 
     In one dimension every cluster is a contiguous run of sorted values, so a Lloyd step is K-1 binary searches and
     prefix-sum differences: O(GK log(Gm)) instead of O(GmK). Row ``g`` is mapped into ``[2g, 2g + 1]`` to keep rows
-    apart in the shared search.
+    apart in the shared search. A step runs on arrays of only ``G(K+1)`` entries, so its cost is the number of NumPy
+    calls: the weight and value prefix sums are gathered together, and the run boundaries are written into a buffer
+    that already holds each row's start and end.
     """
 
     def __init__(self, values: np.ndarray, weights: np.ndarray) -> None:
@@ -73,22 +88,36 @@ class _SortedRuns:
         self.cw = np.concatenate(([0.0], np.cumsum(weights.ravel())))
         self.cs = np.concatenate(([0.0], np.cumsum((values * weights).ravel())))
         self.cs2 = np.concatenate(([0.0], np.cumsum((values * values * weights).ravel())))
+        self.cws = np.stack([self.cw, self.cs], axis=1)  # one gather fetches both sums of a run
         self.start = (np.arange(g) * m)[:, None]
         self.end = self.start + m
+
+    def _bounds(self, levels: np.ndarray) -> np.ndarray:
+        """:meth:`bounds` without its floating-point error state (the caller sets it once for many steps)."""
+        g = levels.shape[0]
+        thr = ((levels[:, 1:] + levels[:, :-1]) * 0.5 - self.lo) / self.span + self.off
+        inner = self.keyed.searchsorted(thr.ravel(), side="right").reshape(thr.shape)
+        if g > 1:  # one row's search stays in [0, m]; several rows' may land in a neighbour's range
+            np.maximum(inner, self.start, out=inner)
+            np.minimum(inner, self.end, out=inner)
+        out = np.empty((g, levels.shape[1] + 1), dtype=inner.dtype)
+        out[:, :1], out[:, 1:-1], out[:, -1:] = self.start, inner, self.end
+        return out
 
     def bounds(self, levels: np.ndarray) -> np.ndarray:
         """Run boundaries ``[G, K+1]`` of the nearest-level clusters (ties to the lower level)."""
         with np.errstate(over="ignore"):  # a constant row's span is 1e-300: its thresholds may be +-inf, still right
-            thr = ((levels[:, 1:] + levels[:, :-1]) * 0.5 - self.lo) / self.span + self.off
-        inner = np.searchsorted(self.keyed, thr.ravel(), side="right").reshape(thr.shape)
-        inner = np.clip(inner, self.start, self.end)
-        return np.concatenate([self.start, inner, self.end], axis=1)
+            return self._bounds(levels)
 
     def means(self, bounds: np.ndarray, prev: np.ndarray) -> np.ndarray:
-        cnt = self.cw[bounds[:, 1:]] - self.cw[bounds[:, :-1]]
-        sums = self.cs[bounds[:, 1:]] - self.cs[bounds[:, :-1]]
-        out = np.where(cnt > 0, sums / np.where(cnt > 0, cnt, 1.0), prev)
-        return np.sort(out, axis=1)
+        """Per-run weighted means, sorted per row; an empty run keeps its level from ``prev``."""
+        ends = self.cws[bounds]
+        run = ends[:, 1:] - ends[:, :-1]
+        cnt, sums = run[..., 0], run[..., 1]
+        out = np.array(prev, dtype=np.float64)
+        np.divide(sums, cnt, out=out, where=cnt > 0)
+        out.sort(axis=1)
+        return out
 
     def sse(self, levels: np.ndarray) -> np.ndarray:
         """Per-row squared error of nearest-level assignment, from prefix sums."""
@@ -100,14 +129,46 @@ class _SortedRuns:
 
     def lloyd(self, levels: np.ndarray, max_steps: int) -> tuple[np.ndarray, int]:
         """Centroid steps until no boundary moves or ``max_steps``; returns levels and the steps taken."""
+        if levels.shape[0] == 1 and levels.shape[1] <= SCALAR_MAX_K and self._scalar_safe(levels):
+            return self._lloyd_one(levels, max_steps)
+        bounds = None
+        with np.errstate(over="ignore"):  # see bounds
+            for step in range(max_steps):
+                new = self._bounds(levels)
+                if bounds is not None and bool((new == bounds).all()):
+                    return levels, step
+                bounds = new
+                levels = self.means(bounds, levels)
+        return levels, max_steps
+
+    def _scalar_safe(self, levels: np.ndarray) -> bool:
+        """Whether Python floats reproduce NumPy's steps: no NaN (NumPy sorts it last) and no overflowing sum."""
+        return bool(np.isfinite(levels).all() and np.isfinite(self.cws[-1]).all() and not np.isnan(self.keyed).any())
+
+    def _lloyd_one(self, levels: np.ndarray, max_steps: int) -> tuple[np.ndarray, int]:
+        """:meth:`lloyd` for one row of at most ``SCALAR_MAX_K`` levels, in Python floats.
+
+        The same IEEE operations in the same order (bisect_right is searchsorted's side="right"), so the same
+        levels; a step costs a few microseconds instead of about fifteen NumPy calls. NumPy's sort may order -0.0
+        and 0.0 differently from Python's, so a step whose levels hold a zero is sorted by NumPy.
+        """
+        keyed, cw, cs = self.keyed.tolist(), self.cw.tolist(), self.cs.tolist()
+        lo, span, off = float(self.lo[0, 0]), float(self.span[0, 0]), float(self.off[0, 0])
+        m = len(keyed)
+        lv = levels[0].tolist()
         bounds = None
         for step in range(max_steps):
-            new = self.bounds(levels)
-            if bounds is not None and np.array_equal(new, bounds):
-                return levels, step
+            thr = [((a + b) * 0.5 - lo) / span + off for a, b in zip(lv[1:], lv[:-1], strict=True)]
+            new = [0, *(bisect_right(keyed, t) for t in thr), m]
+            if new == bounds:
+                return np.array([lv]), step
             bounds = new
-            levels = self.means(bounds, levels)
-        return levels, max_steps
+            out = []
+            for j, prev in enumerate(lv):
+                cnt = cw[new[j + 1]] - cw[new[j]]
+                out.append((cs[new[j + 1]] - cs[new[j]]) / cnt if cnt > 0 else prev)
+            lv = np.sort(np.array(out)).tolist() if 0.0 in out else sorted(out)
+        return np.array([lv]), max_steps
 
 
 def _tail_complete(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,20 +196,30 @@ def _tail_complete(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([sub, tail], axis=1), np.concatenate([core_w, tail_w], axis=1)
 
 
-def _sketch(x: np.ndarray, bins: int, exact_tails: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts, bin means and bin edges of each row on a grid uniform in asinh of the standardised weight.
+@dataclass(frozen=True)
+class _Standardised:
+    """Rows (as sketched: possibly a subsample) in asinh of their standardised value, with the grid's range.
 
-    The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
-    a heavy-tailed tensor and its outliers. Rows longer than ``SKETCH_SAMPLE`` are summarised from an evenly strided
-    subsample: the histogram's shape, not its exact counts, is what places the levels. With ``exact_tails`` (K of
-    at least ``TAIL_MIN_K``) the row's extremes are all in it (:func:`_tail_complete`).
+    Everything a sketch computes that does not depend on its number of bins: ``sigma_levels`` sketches the same
+    rows at two resolutions, and the moments and the asinh are most of a sketch's cost.
     """
+
+    x: np.ndarray
+    weights: np.ndarray | None
+    u: np.ndarray
+    mu: np.ndarray
+    sd: np.ndarray
+    ulo: np.ndarray
+    span: np.ndarray
+
+
+def _standardise(x: np.ndarray, exact_tails: bool = False) -> _Standardised:
+    """The bin-independent half of :func:`_sketch` (see there for the subsample and ``exact_tails``)."""
     weights = None
     if x.shape[1] > SKETCH_SAMPLE and exact_tails:
         x, weights = _tail_complete(x)
     elif x.shape[1] > SKETCH_SAMPLE:
         x = x[:, :: -(-x.shape[1] // SKETCH_SAMPLE)]
-    g = x.shape[0]
     xf = x.astype(np.float32)
     mu = xf.mean(axis=1, keepdims=True, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -157,18 +228,54 @@ def _sketch(x: np.ndarray, bins: int, exact_tails: bool = False) -> tuple[np.nda
         xf = x
         sd = np.sqrt(np.square(x - mu).mean(axis=1, keepdims=True))
     sd = np.where(sd > 0, sd, 1.0)
-    u = np.arcsinh((xf - mu.astype(xf.dtype)) / sd.astype(xf.dtype))
+    u = xf - mu.astype(xf.dtype)
+    u /= sd.astype(xf.dtype)
+    np.arcsinh(u, out=u)
     ulo, uhi = u.min(axis=1, keepdims=True).astype(np.float64), u.max(axis=1, keepdims=True).astype(np.float64)
     span = np.where(uhi > ulo, uhi - ulo, 1.0)
-    b = np.clip(((u - ulo) * (bins / span)).astype(np.int64), 0, bins - 1)
-    flat = (b if g == 1 else np.arange(g)[:, None] * bins + b).ravel()
-    wflat = None if weights is None else weights.ravel()
-    counts = np.bincount(flat, weights=wflat, minlength=g * bins).reshape(g, bins).astype(np.float64)
-    wx = x if weights is None else x * weights
-    sums = np.bincount(flat, weights=wx.ravel(), minlength=g * bins).reshape(g, bins)
-    edges = mu + sd * np.sinh(ulo + span * np.linspace(0.0, 1.0, bins + 1)[None, :])
+    return _Standardised(x, weights, u, mu, sd, ulo, span)
+
+
+BIN_BLOCK = 1 << 16  # weights binned at a time (whole rows): the temporaries stay in cache
+
+
+def _bin(s: _Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts, bin means and bin edges of each row of ``s`` on ``bins`` bins uniform in its asinh range.
+
+    Rows are binned a block at a time: a bin belongs to one row, so its counts and sums add the same weights in the
+    same order as one call over every row would.
+    """
+    g, n = s.u.shape
+    counts, sums = np.empty((g, bins)), np.empty((g, bins))
+    scale = bins / s.span
+    rows = max(1, BIN_BLOCK // max(n, 1))
+    for r0 in range(0, g, rows):
+        r1 = min(g, r0 + rows)
+        t = np.subtract(s.u[r0:r1], s.ulo[r0:r1], dtype=np.float64)
+        t *= scale[r0:r1]
+        b = t.astype(np.int64)
+        np.clip(b, 0, bins - 1, out=b)
+        if r1 - r0 > 1:
+            b += np.arange(r1 - r0)[:, None] * bins
+        flat = b.ravel()
+        w = None if s.weights is None else s.weights[r0:r1].ravel()
+        wx = s.x[r0:r1] if s.weights is None else s.x[r0:r1] * s.weights[r0:r1]
+        counts[r0:r1] = np.bincount(flat, weights=w, minlength=(r1 - r0) * bins).reshape(r1 - r0, bins)
+        sums[r0:r1] = np.bincount(flat, weights=wx.ravel(), minlength=(r1 - r0) * bins).reshape(r1 - r0, bins)
+    edges = s.mu + s.sd * np.sinh(s.ulo + s.span * np.linspace(0.0, 1.0, bins + 1)[None, :])
     centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5 * (edges[:, 1:] + edges[:, :-1]))
     return counts, centers, edges
+
+
+def _sketch(x: np.ndarray, bins: int, exact_tails: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts, bin means and bin edges of each row on a grid uniform in asinh of the standardised weight.
+
+    The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
+    a heavy-tailed tensor and its outliers. Rows longer than ``SKETCH_SAMPLE`` are summarised from an evenly strided
+    subsample: the histogram's shape, not its exact counts, is what places the levels. With ``exact_tails`` (K of
+    at least ``TAIL_MIN_K``) the row's extremes are all in it (:func:`_tail_complete`).
+    """
+    return _bin(_standardise(x, exact_tails), bins)
 
 
 def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray:
@@ -186,7 +293,9 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
     g, n = x.shape
     coarse = int(min(SKETCH_BINS, max(16, n // PLACEMENT_PER_BIN)))
     tails = k >= TAIL_MIN_K
-    counts, _, edges = _sketch(x, coarse, tails)
+    std = _standardise(x, tails)  # shared by the coarse and the fine sketch
+    sketch = _bin(std, coarse)
+    counts, _, edges = sketch
     width = np.maximum(np.diff(edges, axis=1), 1e-300)
     cum = np.cumsum(np.cbrt(counts / width) * width, axis=1)
     cum = np.concatenate([np.zeros((g, 1)), cum], axis=1)
@@ -201,7 +310,7 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
         alt, _ = runs.lloyd(runs.means(start, np.zeros((g, k))), steps)
         levels = np.where((runs.sse(alt) < runs.sse(levels))[:, None], alt, levels)
     else:
-        fine_counts, centers, _ = _sketch(x, SKETCH_BINS, tails)
+        fine_counts, centers, _ = sketch if coarse == SKETCH_BINS else _bin(std, SKETCH_BINS)
         levels, _ = _SortedRuns(centers, fine_counts).lloyd(levels, steps)
     return _level_means(x, assign_rows(levels, x), k, None, levels)
 
@@ -258,12 +367,13 @@ def fit(
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
     k = 1 << bits
-    x = groups.astype(np.float64)
+    # no method writes into x: a C-contiguous float64 view is its own copy (same values, same layout)
+    x = groups if groups.dtype == np.float64 and groups.flags.c_contiguous else groups.astype(np.float64)
     levels = _METHODS[Method(method)](x, k)
     ldt = LevelDType(level_dtype)
     np_dtype = np.float16 if ldt == LevelDType.FLOAT16 else np.float32
     table = np.sort(levels.astype(np_dtype).astype(np.float32), axis=1)
-    for g in range(x.shape[0]):
+    for g in np.flatnonzero(~sampled_beyond(x, k)):  # most rows are proved to hold more than K values
         exact = few_distinct(x[g], k, float(x[g].min()), float(x[g].max()))
         if exact is not None:
             lv = np.sort(exact.astype(np_dtype).astype(np.float32))
