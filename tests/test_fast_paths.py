@@ -12,16 +12,17 @@ from onnx_statq.codebook.assign import floor32
 from onnx_statq.codebook.stats import few_distinct, sampled_beyond
 
 fit_module = importlib.import_module("onnx_statq.codebook.fit")
+sketch_module = importlib.import_module("onnx_statq.codebook.sketch")
 assign_module = importlib.import_module("onnx_statq.codebook.assign")
 
 
 def _reference_sketch(x: np.ndarray, bins: int, exact_tails: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sketch as one function over every row at once (before it was split into _standardise and _bin)."""
     weights = None
-    if x.shape[1] > fit_module.SKETCH_SAMPLE and exact_tails:
-        x, weights = fit_module._tail_complete(x)
-    elif x.shape[1] > fit_module.SKETCH_SAMPLE:
-        x = x[:, :: -(-x.shape[1] // fit_module.SKETCH_SAMPLE)]
+    if x.shape[1] > sketch_module.SKETCH_SAMPLE and exact_tails:
+        x, weights = sketch_module.tail_complete(x)
+    elif x.shape[1] > sketch_module.SKETCH_SAMPLE:
+        x = x[:, :: -(-x.shape[1] // sketch_module.SKETCH_SAMPLE)]
     g = x.shape[0]
     xf = x.astype(np.float32)
     mu = xf.mean(axis=1, keepdims=True, dtype=np.float64)
@@ -46,9 +47,9 @@ def _reference_sketch(x: np.ndarray, bins: int, exact_tails: bool) -> tuple[np.n
 )
 def test_one_standardisation_gives_the_same_sketch_at_every_resolution(shape, tails):
     x = np.random.default_rng(3).standard_t(3, size=shape) * 0.05
-    std = fit_module._standardise(x, tails)
+    std = sketch_module.standardise(x, tails)
     for bins in (16, 953, 4096):
-        got = fit_module._bin(std, bins)
+        got = sketch_module.bin_rows(std, bins)
         for a, b in zip(got, _reference_sketch(x, bins, tails), strict=True):
             assert np.array_equal(a, b)
 

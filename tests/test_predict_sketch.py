@@ -15,7 +15,7 @@ from onnx_statq.codebook.predict_tensor import sketch_curve
 from onnx_statq.codebook.stats import rounding_error
 from onnx_statq.codebook.tensor import _encode_codebook, to_groups
 
-fit_module = importlib.import_module("onnx_statq.codebook.fit")
+sketch_module = importlib.import_module("onnx_statq.codebook.sketch")
 BITS = range(3, 9)
 
 
@@ -68,8 +68,8 @@ def test_channels_on_axis_one_read_in_memory_order():
 
 def test_tensor_longer_than_sigmas_subsample():
     rng = np.random.default_rng(3)
-    w = _outlier_tensor(rng, 768, -(-fit_module.SKETCH_SAMPLE * 5 // 4 // 768))
-    assert w.size > fit_module.SKETCH_SAMPLE
+    w = _outlier_tensor(rng, 768, -(-sketch_module.SKETCH_SAMPLE * 5 // 4 // 768))
+    assert w.size > sketch_module.SKETCH_SAMPLE
     measured = _measured(w, per_channel=False)
     predicted = predict_curve(w.reshape(1, -1), BITS, channels=w)
     for b in BITS:
@@ -100,7 +100,7 @@ def test_long_rows_are_stepped_on_their_histogram_as_sigma_steps_them():
     for r in range(16):
         w[r, rng.choice(20000, 20, replace=False)] *= rng.uniform(5, 15, 20)
     w = (w * 10.0 ** rng.uniform(-2, 0, (16, 1))).astype(np.float32)
-    assert w.shape[1] > fit_module.SKETCH_BINS
+    assert w.shape[1] > sketch_module.SKETCH_BINS
     measured = _measured(w, per_channel=True)
     predicted = row_sketch_curve(w, BITS, half_levels=True)
     for b in BITS:

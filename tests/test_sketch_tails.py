@@ -10,12 +10,13 @@ import pytest
 from onnx_statq.codebook import Method, assign, decode, fit
 
 fit_module = importlib.import_module("onnx_statq.codebook.fit")
+sketch_module = importlib.import_module("onnx_statq.codebook.sketch")
 
 
 def _heavy_row(seed: int) -> np.ndarray:
     """A row longer than the subsample: a Gaussian bulk with 24 isolated outliers, as in transformer FFN weights."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(3 * fit_module.SKETCH_SAMPLE // 2)
+    x = rng.standard_normal(3 * sketch_module.SKETCH_SAMPLE // 2)
     x[rng.choice(x.size, 24, replace=False)] = rng.choice([-1.0, 1.0], 24) * rng.uniform(15, 40, 24)
     return x.reshape(1, -1)
 

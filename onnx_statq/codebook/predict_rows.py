@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS
 from .runs import CodebookRuns
+from .sketch import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS
 from .stats import rounding_error
 
 __all__ = ["ROW_STEPS", "ROW_VALUES", "SKETCH_ROWS", "row_sketch_curve"]

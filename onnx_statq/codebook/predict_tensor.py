@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS, TAIL_MIN_K
-from .fit import SKETCH_TAIL as FIT_TAIL
 from .runs import CodebookRuns
+from .sketch import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS, TAIL_MIN_K
+from .sketch import SKETCH_TAIL as FIT_TAIL
 
 __all__ = ["SKETCH_CHANNELS", "SKETCH_PER_CHANNEL", "SKETCH_TAIL", "SKETCH_VALUES", "SMALL_STEPS", "sketch_curve"]
 
@@ -123,9 +123,9 @@ def _subsample_sketch(
     ``SKETCH_SAMPLE``): the same subsample (a thinner one lost 2-5 points of layer-widths within ±15%).
 
     With ``tails``, every weight beyond the deviation sigma's subsample has ``SKETCH_TAIL`` weights past is in it
-    exactly (as :func:`~onnx_statq.codebook.fit._tail_complete` makes it), taken from ``extremes`` (values, mean,
+    exactly (as :func:`~onnx_statq.codebook.sketch.tail_complete` makes it), taken from ``extremes`` (values, mean,
     threshold: every weight of the tensor deviating more than the threshold) when those hold them all, else from
-    one pass over the tensor. The grid is :func:`~onnx_statq.codebook.fit._sketch`'s.
+    one pass over the tensor. The grid is :func:`~onnx_statq.codebook.sketch.sketch`'s.
     """
 
     row = x[0]
