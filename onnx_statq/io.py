@@ -6,12 +6,14 @@ destination folder and renames it, so an interrupted or failed run never leaves 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,16 @@ from google.protobuf.message import DecodeError, EncodeError
 from .errors import ExternalDataError, ModelLoadError, OutputError
 from .lazy import check_ranges
 
-__all__ = ["TWO_GB", "ZipSizer", "load_model", "save_model", "under_2gb", "zipped_size"]
+__all__ = [
+    "TWO_GB",
+    "ZipSizer",
+    "load_model",
+    "publish",
+    "save_model",
+    "staging_dir",
+    "under_2gb",
+    "zipped_size",
+]
 
 TWO_GB = 2**31 - 1
 
@@ -103,24 +114,36 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Pat
     out = Path(path)
     if os.path.isdir(out):  # os.path: False, not OSError, for a name too long
         raise OutputError(f"output {out} is a directory")
+    with staging_dir(out) as tmpdir:
+        try:
+            return publish([(f, out.parent / f.name) for f in _save_into(model, tmpdir, out.name)])
+        except OSError as exc:
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path, prefix: str = ".statq-") -> Iterator[Path]:
+    """A temporary folder beside ``out``, removed afterwards whatever happens.
+
+    Beside, not in /tmp: the same filesystem, so :func:`publish`'s rename is atomic and a failed or interrupted run
+    leaves no partial output behind."""
     if not os.path.isdir(out.parent):
         raise OutputError(f"output folder {out.parent} does not exist")
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-", dir=out.parent))
+        tmpdir = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as exc:
         raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
     try:
-        written = _save_into(model, tmpdir, out.name)
-        final = []
-        for f in written:
-            dest = out.parent / f.name
-            os.replace(f, dest)
-            final.append(dest)
-        return final
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+        yield tmpdir
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def publish(staged: list[tuple[Path, Path]]) -> list[Path]:
+    """Rename each staged file onto its final path; returns the final paths."""
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    return [final for _, final in staged]
 
 
 def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:

@@ -13,8 +13,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 from ..config import QuantConfig
 from ..errors import OutputError
-from ..io import zipped_size
+from ..io import publish, staging_dir, zipped_size
 from ..report import Report
 
 __all__ = [
@@ -87,34 +85,23 @@ def write_ort(
     src, out = Path(onnx_file), Path(dst)
     if out.is_dir():
         raise OutputError(f"output {out} is a directory")
-    if not out.parent.is_dir():
-        raise OutputError(f"output folder {out.parent} does not exist")
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-ort-", dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
-    try:
-        tmp_ort = tmpdir / out.name
+    with staging_dir(out, prefix=".statq-ort-") as tmpdir:
         try:
-            with _quiet():
-                _convert(src, tmp_ort, fold)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first[:300]}") from None
-        staged = [(tmp_ort, out)]
-        if config:
-            tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
-            write_config(tmp_ort, tmp_cfg, shown_as=out)
-            staged.append((tmp_cfg, out.with_name(out.stem + CONFIG_SUFFIX)))
-        written = []
-        for tmp, final in staged:
-            os.replace(tmp, final)
-            written.append(final)
-        return written
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+            tmp_ort = tmpdir / out.name
+            try:
+                with _quiet():
+                    _convert(src, tmp_ort, fold)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first[:300]}") from None
+            staged = [(tmp_ort, out)]
+            if config:
+                tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
+                write_config(tmp_ort, tmp_cfg, shown_as=out)
+                staged.append((tmp_cfg, out.with_name(out.stem + CONFIG_SUFFIX)))
+            return publish(staged)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def write_config(ort_file: Path, dst: Path, shown_as: Path) -> None:
@@ -161,13 +148,7 @@ def quantize_file_ort(
     src_p, out = Path(src), ort_path(dst)
     if out.exists() and src_p.exists() and out.resolve() == src_p.resolve():
         raise OutputError("output path is the input model; the input is never overwritten")
-    if not out.parent.is_dir():
-        raise OutputError(f"output folder {out.parent} does not exist")
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".statq-", dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out.parent}: {exc.strerror}") from None
-    try:
+    with staging_dir(out) as tmpdir:
         report = quantize_file(src_p, tmpdir / (out.stem + ".onnx"), config, verify=False, **kwargs)
         produced = [Path(p) for p in report.totals["outputs"]]
         if len(produced) > 1:
@@ -175,8 +156,6 @@ def quantize_file_ort(
         t0 = time.perf_counter()
         written = write_ort(produced[0], out)
         report.timings["ort_s"] = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     report.totals = {
         **report.totals,
         "format": "ort",
