@@ -85,7 +85,10 @@ def codebook_section(data: dict[str, Any]) -> list[str]:
         f"({m['cpu_count']} cores), numpy {m['numpy']}. Float32 weight tensors of >= 4096 elements of magika, "
         "PP-OCRv6 rec and MiniLM; one codebook per tensor. Ratios are geometric means over tensors (max in brackets) "
         "of the squared error against this project's k-means; speed-up is scikit-learn `KMeans(n_init=1)` time over "
-        "sigma time (fit + assign), geometric mean over tensors.",
+        "sigma time (fit + assign), geometric mean over tensors. Load average "
+        f"{m['loadavg_start'][0]:.1f} at the start and {m['loadavg_end'][0]:.1f} at the end on {m['cpu_count']} cores: "
+        "scikit-learn runs on a thread pool, which a loaded machine slows far more than single-threaded sigma, so the "
+        "speed-up reads higher the busier the machine.",
         "",
         "| bits | tensors | sigma / k-means | naive 3-sigma / k-means | uniform / k-means | sklearn / k-means "
         "| sklearn time / sigma time |",
