@@ -13,6 +13,7 @@ __all__ = [
     "OutputError",
     "StatqError",
     "UnsupportedModelError",
+    "first_line",
 ]
 
 
@@ -74,3 +75,11 @@ class CheckFailedError(StatqError):
     """``onnx-statq check``: the model does not load, run or convert to .ort in onnxruntime."""
 
     exit_code = 10
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its class name if it has none), for one-line errors: a library's
+    message can run to pages (onnx's checker, onnxruntime's loader), and a user reads the first line."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]

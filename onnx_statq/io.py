@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
-from .errors import ExternalDataError, ModelLoadError, OutputError
+from .errors import ExternalDataError, ModelLoadError, OutputError, first_line
 from .lazy import check_ranges
 
 __all__ = [
@@ -104,8 +104,7 @@ def load_model(
         else:
             onnx.checker.check_model(str(p))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{p} fails the ONNX checker: {first}") from None
+        raise ModelLoadError(f"{p} fails the ONNX checker: {first_line(exc)}") from None
     return model
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .errors import first_line
+
 __all__ = [
     "DYNAMIC_DIM",
     "FOLD_LIMIT",
@@ -131,7 +133,7 @@ def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None
     try:
         ref = _session(float_path, fold)
     except Exception as exc:
-        return {"skipped": f"onnxruntime cannot load the float model: {_first_line(exc)}"}
+        return {"skipped": f"onnxruntime cannot load the float model: {first_line(exc, 200)}"}
     try:
         feeds = random_feeds(ref, seed)
     except CannotVerifyError as exc:
@@ -139,7 +141,7 @@ def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None
     try:
         a = ref.run(None, feeds)
     except Exception as exc:
-        return {"skipped": f"the float model fails on generated inputs: {_first_line(exc)}"}
+        return {"skipped": f"the float model fails on generated inputs: {first_line(exc, 200)}"}
     names = [meta.name for meta in ref.get_outputs()]
     del ref  # frees the float weights before the quantized model loads
     b = _session(quant_path, fold).run(None, feeds)
@@ -166,8 +168,3 @@ def _sqnr_db(x: Any, y: Any) -> float:
     noise = float(np.sum((x64 - y64) ** 2))
     signal = float(np.sum(x64**2))
     return math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, first_line
 
 __all__ = ["DEFAULT_BATCH", "InputSpec", "load_calibration", "model_inputs"]
 
@@ -83,8 +83,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with loaded as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationError(f"cannot read calibration file {path}: {reason}") from None
+        raise CalibrationError(f"cannot read calibration file {path}: {first_line(exc)}") from None
 
 
 def _from_npz(path: Path, specs: list[InputSpec], batch: int) -> Iterator[dict[str, np.ndarray]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from ..errors import CheckFailedError, OutputError
+from ..errors import CheckFailedError, OutputError, first_line
 from ..io import load_model, zipped_size
 from .ort_format import (
     CONFIG_SUFFIX,
@@ -133,11 +133,6 @@ class CheckResult:
         }
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
-
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     yield graph
     for node in graph.node:
@@ -211,7 +206,7 @@ def _run_cpu(path: Path, result: CheckResult) -> None:
     try:
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        result.load_error = _first_line(exc)
+        result.load_error = first_line(exc, 300)
         return
     result.loads = True
     try:
@@ -219,7 +214,7 @@ def _run_cpu(path: Path, result: CheckResult) -> None:
         result.inputs = {k: list(v.shape) for k, v in feeds.items()}
         sess.run(None, feeds)
     except Exception as exc:
-        result.run_error = _first_line(exc)
+        result.run_error = first_line(exc, 300)
         return
     result.runs = True
 
@@ -342,7 +337,7 @@ def _check_ort(p: Path, progress: Callable[[str], None] | None) -> CheckResult:
             write_config(p, cfg, shown_as=p)
             lines = read_config(cfg)
         except Exception as exc:
-            result.ort_format = {"ok": False, "error": f"onnxruntime cannot read the ORT file: {_first_line(exc)}"}
+            result.ort_format = {"ok": False, "error": f"onnxruntime cannot read the ORT file: {first_line(exc, 300)}"}
             lines = []
     result.ops = _op_uses({(d, op, v): None for d, v, ops in lines for op in ops}, set())
     if progress:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import QuantConfig
-from ..errors import OutputError
+from ..errors import OutputError, first_line
 from ..io import publish, staging_dir, zipped_size
 from ..report import Report
 
@@ -92,8 +92,8 @@ def write_ort(
                 with _quiet():
                     _convert(src, tmp_ort, fold)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first[:300]}") from None
+                first = first_line(exc, 300)
+                raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first}") from None
             staged = [(tmp_ort, out)]
             if config:
                 tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
