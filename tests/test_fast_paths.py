@@ -17,7 +17,7 @@ assign_module = importlib.import_module("onnx_statq.codebook.assign")
 
 
 def _reference_sketch(x: np.ndarray, bins: int, exact_tails: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sketch as one function over every row at once (before it was split into _standardise and _bin)."""
+    """The sketch as one function over every row at once (before it was split into standardise and bin_rows)."""
     weights = None
     if x.shape[1] > sketch_module.SKETCH_SAMPLE and exact_tails:
         x, weights = sketch_module.tail_complete(x)

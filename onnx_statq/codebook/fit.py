@@ -14,7 +14,16 @@ from collections.abc import Callable
 import numpy as np
 
 from .assign import assign_rows
-from .sketch import BIN_BLOCK, PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_STEPS, TAIL_MIN_K, bin_rows, standardise
+from .sketch import (
+    BIN_BLOCK,
+    PLACEMENT_PER_BIN,
+    SKETCH_BINS,
+    SKETCH_STEPS,
+    TAIL_MIN_K,
+    bin_rows,
+    density_starts,
+    standardise,
+)
 from .stats import few_distinct, sampled_beyond
 from .types import MAX_BITS, Codebook, LevelDType, Method
 
@@ -177,12 +186,7 @@ def sigma_levels(x: np.ndarray, k: int, steps: int = SKETCH_STEPS) -> np.ndarray
     std = standardise(x, tails)  # shared by the coarse and the fine sketch
     sketch = bin_rows(std, coarse)
     counts, _, edges = sketch
-    width = np.maximum(np.diff(edges, axis=1), 1e-300)
-    cum = np.cumsum(np.cbrt(counts / width) * width, axis=1)
-    cum = np.concatenate([np.zeros((g, 1)), cum], axis=1)
-    levels = np.empty((g, k))
-    for r in range(g):
-        levels[r] = np.interp((np.arange(k) + 0.5) / k * cum[r, -1], cum[r], edges[r])
+    levels = np.stack([density_starts(counts[r], edges[r], [k]) for r in range(g)])
     if n <= SKETCH_BINS:
         xs = np.sort(x, axis=1)
         runs = _SortedRuns(xs, np.ones_like(xs))

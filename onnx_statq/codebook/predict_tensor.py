@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .runs import CodebookRuns
-from .sketch import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS, TAIL_MIN_K
+from .sketch import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS, TAIL_MIN_K, density_starts
 from .sketch import SKETCH_TAIL as FIT_TAIL
 
 __all__ = ["SKETCH_CHANNELS", "SKETCH_PER_CHANNEL", "SKETCH_TAIL", "SKETCH_VALUES", "SMALL_STEPS", "sketch_curve"]
@@ -73,9 +73,7 @@ def sketch_curve(channels: np.ndarray, bits: range | list[int], flat: np.ndarray
     span = hi - lo
     if not span > 0:
         return dict.fromkeys(bits, 0.0)
-    width = np.maximum(np.diff(edges), 1e-300)
-    dens = np.concatenate([[0.0], np.cumsum(np.cbrt(counts / width) * width)])
-    start = np.concatenate([np.interp((np.arange(k) + 0.5) / k * dens[-1], dens, edges) for k in ks])
+    start = density_starts(counts, edges, ks)
     # everything from here on in units of the sample's range, so that every K's levels share one sorted key space
     runs = CodebookRuns((pts - lo) / span, w, [np.array([k]) for k in ks])
     if x.size > SKETCH_SAMPLE:  # sigma places from its own subsample of the tensor: so do we (see _placed)
@@ -104,12 +102,10 @@ def _placed(x: np.ndarray, ks: list[int], extremes: tuple[np.ndarray, float, flo
         if not group:
             continue
         counts, centers, edges = _subsample_sketch(x, tails, extremes)
-        width = np.maximum(np.diff(edges), 1e-300)
-        dens = np.concatenate([[0.0], np.cumsum(np.cbrt(counts / width) * width)])  # the coarse grid is this one
         used = counts > 0
         pts, w = centers[used], counts[used]
         lo, span = float(pts[0]), float(pts[-1] - pts[0]) or 1.0
-        start = np.concatenate([np.interp((np.arange(k) + 0.5) / k * dens[-1], dens, edges) for k in group])
+        start = density_starts(counts, edges, group)  # the coarse grid is this one
         runs = CodebookRuns((pts - lo) / span, w, [np.array([k]) for k in group])
         levels = lo + span * runs.lloyd((start - lo) / span, SKETCH_STEPS)
         out.update(zip(group, np.split(levels, np.cumsum(group)[:-1]), strict=True))
@@ -125,7 +121,7 @@ def _subsample_sketch(
     With ``tails``, every weight beyond the deviation sigma's subsample has ``SKETCH_TAIL`` weights past is in it
     exactly (as :func:`~onnx_statq.codebook.sketch.tail_complete` makes it), taken from ``extremes`` (values, mean,
     threshold: every weight of the tensor deviating more than the threshold) when those hold them all, else from
-    one pass over the tensor. The grid is :func:`~onnx_statq.codebook.sketch.sketch`'s.
+    one pass over the tensor. The grid is :func:`~onnx_statq.codebook.sketch.bin_rows`'s.
     """
 
     row = x[0]

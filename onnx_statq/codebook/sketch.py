@@ -7,6 +7,7 @@ rule on sketches of its own and must see the same grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ __all__ = [
     "TAIL_MIN_K",
     "Standardised",
     "bin_rows",
-    "sketch",
+    "density_starts",
     "standardise",
     "tail_complete",
 ]
@@ -105,6 +106,9 @@ BIN_BLOCK = 1 << 16  # weights binned at a time (whole rows): the temporaries st
 def bin_rows(s: Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Counts, bin means and bin edges of each row of ``s`` on ``bins`` bins uniform in its asinh range.
 
+    The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
+    a heavy-tailed tensor and its outliers; the histogram's shape, not its exact counts, is what places the levels.
+
     Rows are binned a block at a time: a bin belongs to one row, so its counts and sums add the same weights in the
     same order as one call over every row would.
     """
@@ -130,12 +134,10 @@ def bin_rows(s: Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return counts, centers, edges
 
 
-def sketch(x: np.ndarray, bins: int, exact_tails: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts, bin means and bin edges of each row on a grid uniform in asinh of the standardised weight.
-
-    The asinh grid is fine in the core and coarse in the tails, so one fixed-size summary resolves both the bulk of
-    a heavy-tailed tensor and its outliers. Rows longer than ``SKETCH_SAMPLE`` are summarised from an evenly strided
-    subsample: the histogram's shape, not its exact counts, is what places the levels. With ``exact_tails`` (K of
-    at least ``TAIL_MIN_K``) the row's extremes are all in it (:func:`tail_complete`).
-    """
-    return bin_rows(standardise(x, exact_tails), bins)
+def density_starts(counts: np.ndarray, edges: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """Sigma's start for one row's sketch: for each K in ``ks``, the K quantiles of the cube-root density
+    (Panter-Dite: the point density that minimises squared error), flat, K by K. The fit and the predictor, which
+    emulates it, must start from the same levels."""
+    width = np.maximum(np.diff(edges), 1e-300)
+    dens = np.concatenate([[0.0], np.cumsum(np.cbrt(counts / width) * width)])
+    return np.concatenate([np.interp((np.arange(k) + 0.5) / k * dens[-1], dens, edges) for k in ks])
