@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-import onnx_statq.codebook.ggd_model as ggd_model
+import benchmarks.ggd_model as ggd_model
 import onnx_statq.codebook.predict as predict
 import onnx_statq.codebook.predict_rows as predict_rows
 import onnx_statq.codebook.predict_tensor as predict_tensor
@@ -157,9 +157,13 @@ def row_curve(w: np.ndarray) -> dict[int, float]:
     return predict.predict_curve(w, BITS, half_levels=True)
 
 
-def choose(name: str, cases: list[tuple[np.ndarray, dict[int, float]]], grid: dict[str, tuple[Any, ...]],
-           curve: Callable[[np.ndarray], dict[int, float]], cost: Callable[[dict[str, Any]], tuple[float, ...]],
-           ) -> dict[str, Any]:
+def choose(
+    name: str,
+    cases: list[tuple[np.ndarray, dict[int, float]]],
+    grid: dict[str, tuple[Any, ...]],
+    curve: Callable[[np.ndarray], dict[int, float]],
+    cost: Callable[[dict[str, Any]], tuple[float, ...]],
+) -> dict[str, Any]:
     results = []
     for values in itertools.product(*grid.values()):
         knobs = dict(zip(grid, values, strict=True))
@@ -168,8 +172,11 @@ def choose(name: str, cases: list[tuple[np.ndarray, dict[int, float]]], grid: di
             within, seconds = score(cases, curve, CHOOSE_TOL)
             loose, _ = score(cases, curve)
         results.append((knobs, within, seconds))
-        print(f"  {name} {knobs}: within ±10% {100 * within:.1f}%, ±15% {100 * loose:.1f}%, "
-              f"{1000 * seconds:.2f} ms per layer", flush=True)
+        print(
+            f"  {name} {knobs}: within ±10% {100 * within:.1f}%, ±15% {100 * loose:.1f}%, "
+            f"{1000 * seconds:.2f} ms per layer",
+            flush=True,
+        )
     best = max(r[1] for r in results)
     kept = min((r for r in results if r[1] >= best - 0.01), key=lambda r: cost(r[0]))
     print(f"{name}: kept {kept[0]} ({100 * kept[1]:.1f}% within ±10%, best {100 * best:.1f}%)")
@@ -230,9 +237,11 @@ def refit_closed_form() -> None:
     kurt = np.array([ggd_model.ggd_kurtosis(b) for b in r[:, 0]])
     spread = r[keep, 3] * (1 + a * t[keep] ** p * (kurt[keep] / 3) ** q)
     print(f"FINITE_A = {a:.3f}\nFINITE_P = {p:.3f}\nFINITE_Q = {q:.3f}")
-    print(f"measured / model over the fitted range: median {np.median(spread):.3f}, "
-          f"p10 {np.percentile(spread, 10):.3f}, p90 {np.percentile(spread, 90):.3f}, "
-          f"within ±15% {100 * np.mean(np.abs(spread - 1) <= 0.15):.0f}%, n={keep.sum()}")
+    print(
+        f"measured / model over the fitted range: median {np.median(spread):.3f}, "
+        f"p10 {np.percentile(spread, 10):.3f}, p90 {np.percentile(spread, 90):.3f}, "
+        f"within ±15% {100 * np.mean(np.abs(spread - 1) <= 0.15):.0f}%, n={keep.sum()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,15 +10,15 @@ import pytest
 from conftest import REPO
 from test_cli import cli
 
+from benchmarks.ggd_model import finite_sample, ggd_kurtosis
 from onnx_statq import QuantConfig
 from onnx_statq.codebook import Method, fit
 from onnx_statq.codebook.allocate import allocate_bits, stored_bits
-from onnx_statq.codebook.ggd_model import finite_sample, ggd_kurtosis
 from onnx_statq.codebook.predict import predict_curve, predict_rel_error
 from onnx_statq.codebook.tensor import _encode_codebook
 from onnx_statq.errors import ConfigError
 
-ggd_table = importlib.import_module("onnx_statq.codebook.ggd_table")
+ggd_table = importlib.import_module("benchmarks.ggd_table")
 DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
 
 

@@ -7,8 +7,8 @@ import importlib
 import numpy as np
 import pytest
 
+from benchmarks.ggd_model import ggd_curve
 from onnx_statq.codebook import Method
-from onnx_statq.codebook.ggd_model import ggd_curve
 from onnx_statq.codebook.predict import predict_curve
 from onnx_statq.codebook.predict_rows import row_sketch_curve
 from onnx_statq.codebook.predict_tensor import sketch_curve

@@ -5,7 +5,7 @@ The model behind ``--bits auto`` and the default bit allocation. What it predict
 ``sigma`` would fit. That error depends on the shape of the weights in detail (a Gaussian bulk with a few outliers,
 a depthwise kernel's handful of values, a few channels whose outliers carry a layer's whole 8-bit figure), which no
 moment captures: the closed-form model this module started with (variance and kurtosis read off a table of
-generalised Gaussians' optimal error, with a finite-sample term: :func:`ggd_curve`) was within ±15% on 73% of the
+generalised Gaussians' optimal error, with a finite-sample term: ``benchmarks.ggd_model``) was within ±15% on 73% of the
 benchmark models' layer-widths for K >= 8 (81% with a first histogram sketch for one-codebook tensors), 1.5-3x high
 on PP-OCRv6 det's short per-channel rows and down to 0.35x at 7-8 bits on MiniLM's matrices. So the prediction runs
 sigma's own rule on sketches instead:

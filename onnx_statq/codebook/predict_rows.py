@@ -22,10 +22,10 @@ def row_sketch_curve(rows: np.ndarray, bits: range | list[int], half_levels: boo
     cube-root-density start on its coarse asinh grid and the equal-count start, ``ROW_STEPS`` centroid steps from
     each on the sorted row, the better kept, each level then the mean of its weights, and the squared error from the
     row's prefix sums (a row longer than ``SKETCH_BINS``: on its histogram, :func:`_long_rows`); a row with at most K
-    distinct values is exact. With ``half_levels``, the float16 rounding
-    of every live row is added. The rows' shapes are real weights' (a Gaussian bulk with a few outliers, a handful of
-    distinct values in a depthwise kernel), not a table's: the closed-form model (:func:`ggd_curve`) was off by
-    1.5-3x on such rows of PP-OCRv6 det.
+    distinct values is exact. With ``half_levels``, the float16 rounding of every live row is added. The rows' shapes
+    are real weights' (a Gaussian bulk with a few outliers, a handful of distinct values in a depthwise kernel), not a
+    table's: the closed-form model (``benchmarks.ggd_model.ggd_curve``) was off by 1.5-3x on such rows of PP-OCRv6
+    det.
     """
 
     rows = np.asarray(rows)

@@ -1,6 +1,7 @@
 """The closed-form error model: a generalised Gaussian's optimal K-level error, read off a table by kurtosis.
 
-What :func:`~onnx_statq.codebook.predict.predict_curve` started as, kept because ``benchmarks.fit_predictor`` refits
+What :func:`~onnx_statq.codebook.predict.predict_curve` started as, kept (out of the library, which no longer
+uses it) because ``benchmarks.fit_predictor`` refits
 its constants and scores the sketches against it on synthetic rows: it is within ±15% where weights are the
 smooth, symmetric shapes its table holds, and 1.5-3x off on real short rows (a handful of values in a depthwise
 kernel, a Gaussian bulk with a few outliers), which is why the prediction now runs sigma's rule on sketches.
@@ -12,8 +13,8 @@ from math import gamma
 
 import numpy as np
 
-from .ggd_table import GGD_BETAS, GGD_ERROR, GGD_KS
-from .stats import distinct_counts, rounding_error
+from benchmarks.ggd_table import GGD_BETAS, GGD_ERROR, GGD_KS
+from onnx_statq.codebook.stats import distinct_counts, rounding_error
 
 __all__ = ["FINITE_A", "FINITE_P", "FINITE_Q", "finite_sample", "ggd_curve", "ggd_kurtosis", "unit_error"]
 

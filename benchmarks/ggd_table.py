@@ -1,4 +1,5 @@
-"""Optimal K-level quantizer error of unit-variance generalised Gaussians: the shape table of the predictor.
+"""Optimal K-level quantizer error of unit-variance generalised Gaussians: the shape table of the closed-form
+error model (:mod:`benchmarks.ggd_model`).
 
 ``p(x) ~ exp(-|x/a|^beta)``: beta 2 is Gaussian, 1 Laplace, below 1 the heavy tails of real weights. Each entry
 is the squared error of Lloyd-Max levels for that density (run on a fine grid of the density, not on any data),
