@@ -13,7 +13,12 @@ Run from the repository root (a full run takes 20-40 minutes on 2 cores)::
 
     python -m benchmarks.bench_models [--quick] [--tasks digits,magika,ppocr_rec,minilm]
         [--bits 8,4,3,2] [--methods sigma,kmeans,uniform] [--granularities auto] [--allocation auto|fixed]
-        [--out NAME]
+        [--out NAME] [--update] [--no-extras]
+
+``--update`` reruns only the selected rows (tasks x settings, the float row of each task included) and puts them in
+place of the same rows of the existing ``NAME.json``, each marked with its own commit and date; the page says which
+rows were rerun. For a change that moves only some rows, without rerunning the rest. ``--no-extras`` leaves out the
+extra settings (channel and tensor codebooks at 4 bits) that a full run adds.
 
 ``--tasks`` defaults to ``benchmarks.tasks.TASKS`` and also accepts the extra tasks (ppocr_det,
 ppocr_cls), which run only when named.
@@ -94,6 +99,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bits per layer: the default allocation (auto), or the given bits in every layer (fixed)",
     )
     parser.add_argument("--out", default=None, help="output name under benchmarks/results (default models)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="rerun only the selected rows and put them in place of the same rows (task, setting) of the existing "
+        "<out>.json; each rerun row records its own commit and date",
+    )
+    parser.add_argument(
+        "--no-extras", action="store_true", help=f"leave out the extra settings {', '.join(map(str, EXTRA_VARIANTS))}"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tasks) - set(ALL_TASKS))
     if unknown:
@@ -304,6 +318,11 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], limit: int | N
         f"onnxruntime {machine['onnxruntime']}, onnx-statq {machine['onnx_statq']} "
         f"(commit {machine['commit'] or '?'}{', modified' if machine['dirty'] else ''}), {machine['date']}."
     ]
+    for up in machine.get("updates", []):
+        lines[0] += (
+            f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}, "
+            f"{up['date']}: {', '.join(up['settings']) or 'no rows'}."
+        )
     if limit is not None:
         lines.append(f"\n**Quick run: only the first {limit} samples of each task; indicative only.**")
     lines += ["", *_acceptance_md(acceptance(rows, limit))]
@@ -349,17 +368,44 @@ def _acceptance_md(checks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def previous_rows(args: argparse.Namespace, machine: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """For ``--update``: the existing rows and machine record, with this run logged in ``machine["updates"]``. The
+    rows it replaces carry their own commit and date (``row["measured"]``); the others keep the first run's."""
+    path = RESULTS_DIR / f"{args.out}.json"
+    if not path.exists():
+        raise SystemExit(f"--update: {path} does not exist; run without --update first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    args.first_options = data.get("options")
+    if data.get("limit") != args.limit:
+        raise SystemExit(f"--update: {path} was measured with limit {data.get('limit')}, this run with {args.limit}")
+    first: dict[str, Any] = data["machine"]
+    first.setdefault("updates", []).append(
+        {k: machine[k] for k in ("commit", "dirty", "date")} | {"tasks": args.tasks, "settings": []}
+    )
+    return data["rows"], first
+
+
+def put_row(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Replace the row of the same task and setting in place, or append it after the task's last row."""
+    key = (row["task"], row["variant"])
+    for i, old in enumerate(rows):
+        if (old["task"], old["variant"]) == key:
+            rows[i] = row
+            return
+    last = max((i for i, r in enumerate(rows) if r["task"] == row["task"]), default=len(rows) - 1)
+    rows.insert(last + 1, row)
+
+
 def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
     """Rewrite JSON and markdown atomically, so a reader or a crash never sees half a file."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    options = {k: getattr(args, k) for k in ("tasks", "bits", "methods", "granularities", "allocation", "quick")}
     payload = {
         "machine": machine,
         "limit": args.limit,
         "acceptance": acceptance(rows, args.limit),
         "rows": rows,
-        "options": {
-            k: getattr(args, k) for k in ("tasks", "bits", "methods", "granularities", "allocation", "quick")
-        },
+        "options": getattr(args, "first_options", None) or options,
     }
     for suffix, text in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", markdown(rows, machine, args.limit))):
         path = RESULTS_DIR / (args.out + suffix)
@@ -377,8 +423,8 @@ def run_task(
     try:
         ref = float_row(task, args.limit)
     except Exception as exc:  # a missing model must not hide the other tasks' numbers
-        sink.append(error_row(task, Variant(), exc))
-        print_row(sink[-1])
+        keep(sink, error_row(task, Variant(), exc), machine, args)
+        print_row(error_row(task, Variant(), exc))
         write_results(sink, machine, args)
         return
     for variant in [Variant(), *grid]:
@@ -389,15 +435,26 @@ def run_task(
                 row = quantized_row(task, variant, ref, args.limit, args.allocation)
             except Exception as exc:  # one failing setting is a result, not a crash
                 row = error_row(task, variant, exc)
-        sink.append(row)
+        keep(sink, row, machine, args)
         print_row(row)
         write_results(sink, machine, args)
+
+
+def keep(sink: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any], args: argparse.Namespace) -> None:
+    """Append ``row``; with ``--update``, put it in place of the old one and mark it with this run's commit."""
+    if not args.update:
+        sink.append(row)
+        return
+    update = machine["updates"][-1]
+    row["measured"] = {"commit": update["commit"], "date": update["date"]}
+    update["settings"].append(f"{row['task']} {row['variant']}")
+    put_row(sink, row)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit code 1 if any row failed."""
     args = parse_args(argv)
-    grid = variants(args.methods, args.granularities, args.bits, extras=not args.quick)
+    grid = variants(args.methods, args.granularities, args.bits, extras=not (args.quick or args.no_extras))
     machine = machine_info()
     print(
         f"{machine['cpu']}, {machine['cores']} cores, onnxruntime {machine['onnxruntime']}; "
@@ -405,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[dict[str, Any]] = []
+    if args.update:
+        rows, machine = previous_rows(args, machine)
     for task in args.tasks:
         run_task(task, grid, args, rows, machine)
     for check in acceptance(rows, args.limit):
