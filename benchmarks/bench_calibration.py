@@ -23,7 +23,10 @@ Run from the repository root (a full run takes 40-60 minutes on 2 cores)::
 
     python -m benchmarks.bench_calibration [--quick] [--tasks digits,magika,ppocr_rec,minilm]
         [--bits 4,3,2] [--samples N] [--modes none,independent,sequential] [--compensations 0,1]
-        [--feedback default|on|off|both] [--out NAME]
+        [--feedback default|on|off|both] [--out NAME] [--update]
+
+``--update`` reruns only the selected rows (tasks x settings, each task's float row included) and puts them in place
+of the same rows of the existing ``NAME.json``, each marked with its own commit and date (``benchmarks/rerun.py``).
 
 ``--feedback both`` runs every calibrated setting with and without the error-feedback (GPTQ-style) assignment
 (rows labelled ``+fb``/``-fb`` where they differ from the pass default; ``calib fit s`` then shows the time of
@@ -60,6 +63,7 @@ import numpy as np
 import onnxruntime as ort
 
 import onnx_statq.calibrate  # the pass imports it lazily; load it now (see main()) and wrap it (error_feedback)
+from benchmarks import rerun
 from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evaluate_row, machine_info
 from benchmarks.tasks import ALL_TASKS, TASKS
 from benchmarks.tasks._common import make_session
@@ -128,6 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("default", "on", "off", "both"),
         default="default",
         help="error-feedback (GPTQ-style) assignment in calibrated rows: the pass default, on, off, or both",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="rerun only the selected rows and put them in place of the same rows (task, setting) of <out>.json",
     )
     args = parser.parse_args(argv)
     if args.tasks is None:
@@ -516,7 +525,7 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         f"Measured on {machine['cpu']} ({machine['cores']} cores), {machine['platform']}, Python {machine['python']}, "
         f"onnxruntime {machine['onnxruntime']}, onnx {machine['onnx']}, numpy {machine['numpy']}, "
         f"onnx-statq {machine['onnx_statq']} (commit {machine['commit'] or '?'}"
-        f"{', modified' if machine['dirty'] else ''}), {machine['date']}.",
+        f"{', modified' if machine['dirty'] else ''}), {machine['date']}.{rerun.note(machine)}",
     ]
     if machine.get("commit_at_end") not in (None, machine["commit"]):
         lines.append(
@@ -586,13 +595,13 @@ def _allocation(rows: list[dict[str, Any]]) -> str:
 def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
     """Rewrite JSON and markdown atomically, so a reader or a crash never sees half a file."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    options = {k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick", "modes", "compensations", "feedback")}
+    options = getattr(args, "first_options", None) or options
     payload = {
         "machine": machine,
         "limit": args.limit,
-        "options": {
-            k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick", "modes", "compensations", "feedback")
-        },
-        "summary": summary(rows, args.bits),
+        "options": options,
+        "summary": summary(rows, options["bits"]),
         "rows": rows,
     }
     texts = ((".json", json.dumps(_json_safe(payload), indent=2) + "\n"), (".md", markdown(rows, machine, args)))
@@ -610,12 +619,12 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
         ctx, ref = prepare_task(task, samples_for(task, args.samples), limit)
     except Exception as exc:  # a missing model or dataset must not hide the other tasks' numbers
         print_header(task, None)
-        sink.append(error_row(task, None, exc))
-        print_row(sink[-1])
+        keep(sink, error_row(task, None, exc), machine, args)
+        print_row(error_row(task, None, exc))
         write_results(sink, machine, args)
         return
     print_header(task, ctx)
-    sink.append(ref)
+    keep(sink, ref, machine, args)
     print_row(ref)
     write_results(sink, machine, args)
     for setting in settings(args.bits, args.modes, args.compensations, args.feedback):
@@ -623,9 +632,18 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
             row = quantized_row(ctx, setting)
         except Exception as exc:  # one failing setting is a result, not a crash
             row = error_row(task, setting, exc)
-        sink.append(row)
+        keep(sink, row, machine, args)
         print_row(row)
         write_results(sink, machine, args)
+
+
+def keep(sink: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any], args: argparse.Namespace) -> None:
+    """Append ``row``; with ``--update``, put it in place of the old one and mark it with this run's commit."""
+    if not args.update:
+        sink.append(row)
+        return
+    rerun.mark(row, machine, f"{row['task']} {row['setting']}")
+    rerun.put(sink, row, ("task", "setting"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,12 +656,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[dict[str, Any]] = []
+    if args.update:
+        data = rerun.previous(RESULTS_DIR / f"{args.out}.json", machine, args.limit)
+        rows, machine, args.first_options = data["rows"], data["machine"], data.get("options")
     for task in args.tasks:
         run_task(task, args, rows, machine)
-    machine["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
+    (machine["updates"][-1] if args.update else machine)["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
     write_results(rows, machine, args)
     print("", flush=True)
-    for check in summary(rows, args.bits):
+    for check in summary(rows, (getattr(args, "first_options", None) or {"bits": args.bits})["bits"]):
         print(f"{check['task']}: {check['check']}: {check['detail']} -> {check['status']}", flush=True)
     print(f"wrote {RESULTS_DIR / (args.out + '.json')} and .md", flush=True)
     return int(any("error" in r for r in rows))

@@ -51,6 +51,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_statq
+from benchmarks import rerun
 from benchmarks.tasks import ALL_TASKS, TASKS
 from onnx_statq.api import quantize_file
 from onnx_statq.config import QuantConfig
@@ -318,11 +319,7 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], limit: int | N
         f"onnxruntime {machine['onnxruntime']}, onnx-statq {machine['onnx_statq']} "
         f"(commit {machine['commit'] or '?'}{', modified' if machine['dirty'] else ''}), {machine['date']}."
     ]
-    for up in machine.get("updates", []):
-        lines[0] += (
-            f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}, "
-            f"{up['date']}: {', '.join(up['settings']) or 'no rows'}."
-        )
+    lines[0] += rerun.note(machine)
     if limit is not None:
         lines.append(f"\n**Quick run: only the first {limit} samples of each task; indicative only.**")
     lines += ["", *_acceptance_md(acceptance(rows, limit))]
@@ -366,34 +363,6 @@ def _acceptance_md(checks: list[dict[str, Any]]) -> list[str]:
             f"{c['file_ratio']:.2f}x | >= {c['min_file_ratio']:g}x | **{c['status']}** |"
         )
     return lines
-
-
-def previous_rows(args: argparse.Namespace, machine: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """For ``--update``: the existing rows and machine record, with this run logged in ``machine["updates"]``. The
-    rows it replaces carry their own commit and date (``row["measured"]``); the others keep the first run's."""
-    path = RESULTS_DIR / f"{args.out}.json"
-    if not path.exists():
-        raise SystemExit(f"--update: {path} does not exist; run without --update first")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    args.first_options = data.get("options")
-    if data.get("limit") != args.limit:
-        raise SystemExit(f"--update: {path} was measured with limit {data.get('limit')}, this run with {args.limit}")
-    first: dict[str, Any] = data["machine"]
-    first.setdefault("updates", []).append(
-        {k: machine[k] for k in ("commit", "dirty", "date")} | {"tasks": args.tasks, "settings": []}
-    )
-    return data["rows"], first
-
-
-def put_row(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
-    """Replace the row of the same task and setting in place, or append it after the task's last row."""
-    key = (row["task"], row["variant"])
-    for i, old in enumerate(rows):
-        if (old["task"], old["variant"]) == key:
-            rows[i] = row
-            return
-    last = max((i for i, r in enumerate(rows) if r["task"] == row["task"]), default=len(rows) - 1)
-    rows.insert(last + 1, row)
 
 
 def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
@@ -445,10 +414,8 @@ def keep(sink: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any
     if not args.update:
         sink.append(row)
         return
-    update = machine["updates"][-1]
-    row["measured"] = {"commit": update["commit"], "date": update["date"]}
-    update["settings"].append(f"{row['task']} {row['variant']}")
-    put_row(sink, row)
+    rerun.mark(row, machine, f"{row['task']} {row['variant']}")
+    rerun.put(sink, row, ("task", "variant"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     if args.update:
-        rows, machine = previous_rows(args, machine)
+        data = rerun.previous(RESULTS_DIR / f"{args.out}.json", machine, args.limit)
+        rows, machine, args.first_options = data["rows"], data["machine"], data.get("options")
     for task in args.tasks:
         run_task(task, grid, args, rows, machine)
     for check in acceptance(rows, args.limit):

@@ -1,0 +1,59 @@
+"""Partial reruns of a results file (``--update``): some rows measured again, put in place of the old ones.
+
+Why: a change that moves only a few rows (an allocation rule that changes two models' widths) should not need a
+full rerun of an hour-long benchmark, and the rows it does rerun must say so. Each replaced row carries the commit and
+date that measured it (``row["measured"]``), the results' machine record lists every update, and
+:func:`note` says the same on the page. ``bench_models`` and ``bench_calibration`` key their rows by task and setting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["mark", "note", "previous", "put"]
+
+
+def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """The existing results at ``path``, with this run logged in ``machine["updates"]`` of the first run's record.
+
+    Refuses (one line, as the benchmarks' other argument errors) a missing file and one measured with another
+    evaluation limit, whose rows could not be compared with the new ones."""
+    if not path.exists():
+        raise SystemExit(f"--update: {path} does not exist; run without --update first")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("limit") != limit:
+        raise SystemExit(f"--update: {path} was measured with limit {data.get('limit')}, this run with {limit}")
+    data["machine"].setdefault("updates", []).append(
+        {k: machine.get(k) for k in ("commit", "dirty", "date")} | {"rows": []}
+    )
+    return data
+
+
+def mark(row: dict[str, Any], machine: dict[str, Any], label: str) -> None:
+    """Stamp ``row`` with the latest update's commit and date, and list ``label`` among the rows it reran."""
+    update = machine["updates"][-1]
+    row["measured"] = {"commit": update["commit"], "date": update["date"]}
+    update["rows"].append(label)
+
+
+def put(rows: list[dict[str, Any]], row: dict[str, Any], key: Sequence[str]) -> None:
+    """Replace the row with the same ``key`` fields in place, or insert it after the last row of its task."""
+    want = tuple(row.get(k) for k in key)
+    for i, old in enumerate(rows):
+        if tuple(old.get(k) for k in key) == want:
+            rows[i] = row
+            return
+    last = max((i for i, r in enumerate(rows) if r.get("task") == row.get("task")), default=len(rows) - 1)
+    rows.insert(last + 1, row)
+
+
+def note(machine: dict[str, Any]) -> str:
+    """One sentence per update for the page's header line: which rows were rerun, at which commit and date."""
+    return "".join(
+        f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}, "
+        f"{up['date']}: {', '.join(up['rows']) or 'no rows'}."
+        for up in machine.get("updates", [])
+    )
