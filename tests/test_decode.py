@@ -15,6 +15,7 @@ import pytest
 
 from onnx_statq.codebook import EncodedTensor, encode_tensor
 from onnx_statq.graph.encode import emit_decode
+from onnx_statq.graph.tables import ByteTables
 
 OPSETS = [7, 9, 10, 11, 13, 14, 17]
 # ops with an onnxruntime CPU kernel for the types the decode uses, by the opset they need
@@ -37,6 +38,10 @@ def decode_model(enc: EncodedTensor, opset: int, dtype: np.dtype = FLOAT32) -> o
 
 
 def run(model: onnx.ModelProto, fold: bool) -> np.ndarray:
+    return run_all(model, fold)[0]
+
+
+def run_all(model: onnx.ModelProto, fold: bool) -> list[np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -44,7 +49,7 @@ def run(model: onnx.ModelProto, fold: bool) -> np.ndarray:
     if not fold:  # what an ORT-format model does: the decode runs in the session
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {})[0]
+    return sess.run(None, {})
 
 
 CASES = [  # shape, channel axis; 7 * 13 leaves a tail of indices stored whole
@@ -88,6 +93,42 @@ def test_decode_is_deterministic(rng):
     w = rng.standard_normal((32, 48)).astype(np.float32)
     enc = encode_tensor(w, 1, 3, "sigma", "channel")
     assert decode_model(enc, 17).SerializeToString() == decode_model(enc, 17).SerializeToString()
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("bits", [3, 4, 5, 7])
+def test_weights_of_a_graph_share_the_byte_tables(opset, bits, rng):
+    """Two weights decoded with one graph's tables: the tables are built once, the second weight's decode has none
+    of their arithmetic, and both weights still decode bit for bit (folded or run, every opset's fallback)."""
+    counter = itertools.count()
+    fresh = lambda name: f"{name}_{next(counter)}"  # noqa: E731
+    tables = ByteTables(fresh, opset)
+    encs = [
+        encode_tensor(rng.standard_normal(shape).astype(np.float32), 1, bits, "sigma", "tensor")
+        for shape in [(24, 16), (16, 40)]
+    ]
+    targets = [gs.Variable(f"w{i}", dtype=FLOAT32, shape=e.shape) for i, e in enumerate(encs)]
+    first, second = (
+        emit_decode(e, t, FLOAT32, opset, fresh, f"statq{i}", tables)
+        for i, (e, t) in enumerate(zip(encs, targets, strict=True))
+    )
+    table_ops = {"Range", "Div", "Mod", "Mul", "Sub"}
+    assert tables.nodes and not table_ops & {n.op for n in first + second}
+    assert len(tables.nodes) == len(decode_model(encs[0], opset).graph.node) - len(first)  # what one weight builds
+    built = {t.name for n in tables.nodes for t in n.outputs}
+
+    def reads(nodes: list[gs.Node]) -> set[str]:
+        return {t.name for n in nodes for t in n.inputs} & built
+
+    assert reads(second) and reads(second) == reads(first)  # the same tables, built before either
+    graph = gs.Graph(nodes=tables.nodes + first + second, inputs=[], outputs=targets, opset=opset)
+    model = gs.export_onnx(graph)
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    for fold in (True, False):
+        got = run_all(model, fold)
+        for out, enc in zip(got, encs, strict=True):
+            assert np.array_equal(out.view(np.uint32), enc.decoded().view(np.uint32)), fold
 
 
 def intermediate_bytes(model: onnx.ModelProto) -> int:

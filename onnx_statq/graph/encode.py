@@ -7,7 +7,8 @@ or float tensor that is not needed:
 
 - the bit fields are never unpacked with arithmetic on the large tensor. A table over the 256 byte values (built in
   the graph from ``Range``, a few hundred elements) is indexed by the packed bytes (one int32 per *byte*), so each
-  index costs 1 byte (uint8) before the final lookup;
+  index costs 1 byte (uint8) before the final lookup. The table depends on the plane, not the weight: every weight
+  of a graph reads the same one (:mod:`.tables`), so in the file a weight's decode is a handful of nodes;
 - a one-field tensor codebook (1, 2, 4 bits) goes further: its table holds the *levels* of each field of each byte
   value, and a single Gather on the bytes yields the float weight with no per-element index at all;
 - a per-channel codebook gathers from the flattened levels at ``channel * K + index``; the indices are packed in the
@@ -27,114 +28,56 @@ import onnx_graphsurgeon as gs
 
 from ..codebook import EncodedTensor, Representation, pack
 from ..codebook.packing import PackedIndices, Plane
+from .tables import INT32, UINT8, Builder, ByteTables
 
 __all__ = ["MIN_OPSET", "emit_decode"]
 
 MIN_OPSET = 7
 _ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.int32): 6}
-_INT32, _UINT8 = 6, 2
-_RANGE_OPSET = 11  # Range; below it the 256 byte values and the channel offsets are stored
-_MOD_OPSET = 10  # Mod on int32; below it the field mask is Div/Mul/Sub
+_GATHER_ELEMENTS_OPSET = 11  # GatherElements; below it a per-channel decode adds channel offsets and Gathers
 _UINT8_ADD_OPSET = 14  # Add on uint8; below it indices split over several planes are summed in int32
 
 
-class _Builder:
-    """Appends nodes with short, deterministic, collision-free names (``statq<i>.<tag>``).
-
-    Names are kept short on purpose: a model has a dozen decode nodes per weight, and long names derived from the
-    weight's name cost measurable bytes in the file that the pass is trying to shrink.
-    """
-
-    def __init__(self, base: str, fresh: Callable[[str], str], opset: int) -> None:
-        self.base = base
-        self.fresh = fresh
-        self.opset = opset
-        self.nodes: list[gs.Node] = []
-
-    def const(self, tag: str, value: np.ndarray) -> gs.Constant:
-        # np.ascontiguousarray would turn a scalar into shape [1], which Range refuses
-        return gs.Constant(self.fresh(f"{self.base}.{tag}"), np.require(value, requirements="C"))
-
-    def op(
-        self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None
-    ) -> gs.Variable:
-        tag = f"{op.lower()}{len(self.nodes)}"
-        result = out if out is not None else gs.Variable(self.fresh(f"{self.base}.{tag}"))
-        self.nodes.append(gs.Node(op, self.fresh(f"{self.base}/{tag}"), attrs or {}, inputs, [result]))
-        return result
-
-    def shape(self, tag: str, dims: tuple[int, ...] | list[int]) -> gs.Constant:
-        return self.const(tag, np.array(dims, np.int64))
-
-    def arange(self, tag: str, stop: int, step: int) -> gs.Tensor:
-        """int32 ``[0, step, ..., stop - step]``: three scalars with Range, else stored (only small ranges)."""
-        if self.opset >= _RANGE_OPSET:
-            scalars = [self.const(f"{tag}{i}", np.array(v, np.int32)) for i, v in enumerate((0, stop, step))]
-            return self.op("Range", scalars)
-        return self.const(tag, np.arange(0, stop, step, dtype=np.int32))
-
-
-def _byte_fields(b: _Builder, p: Plane) -> gs.Variable:
-    """int32 ``[per_byte, 256]``: field ``j`` of every byte value, in :func:`pack`'s field order.
-
-    Computed on the 256 byte values, not on the weight: the arithmetic costs a few KB whatever the tensor's size.
-    """
-    if b.opset >= _RANGE_OPSET:
-        values: gs.Tensor = b.arange("bytes", 256, 1)
-    else:  # 256 bytes stored as uint8 rather than 1 KB of int32
-        values = b.op("Cast", [b.const("bytes", np.arange(256, dtype=np.uint8))], {"to": _INT32})
-    div = b.const("div", (1 << (p.width * np.arange(p.per_byte, dtype=np.int32)))[:, None])
-    q = b.op("Div", [values, div])
-    base = b.const("base", np.array(1 << p.width, np.int32))
-    if b.opset >= _MOD_OPSET:
-        return b.op("Mod", [q, base])
-    return b.op("Sub", [q, b.op("Mul", [b.op("Div", [q, base]), base])])
-
-
-def _bytes_i32(b: _Builder, k: int, p: Plane) -> gs.Variable:
+def _bytes_i32(b: Builder, k: int, p: Plane) -> gs.Variable:
     """The packed bytes as int32 (Gather takes int32/int64 indices): 4 bytes per byte, not per index."""
-    return b.op("Cast", [b.const(f"plane{k}", p.data)], {"to": _INT32})
+    return b.op("Cast", [b.const(f"plane{k}", p.data)], {"to": INT32})
 
 
-def _plane_indices(b: _Builder, k: int, p: Plane, to: int) -> gs.Variable:
+def _plane_indices(b: Builder, t: ByteTables, k: int, p: Plane, to: int) -> gs.Variable:
     """This plane's contribution ``field << shift`` to every index, in element order once flattened, as ``to``."""
     if p.width == 8:
         data: gs.Tensor = b.const(f"plane{k}", p.data)
-        return data if to == _UINT8 else b.op("Cast", [data], {"to": to})
-    fields = _byte_fields(b, p)
-    if p.shift:
-        fields = b.op("Mul", [fields, b.const(f"shift{k}", np.array(1 << p.shift, np.int32))])
-    lut = b.op("Cast", [fields], {"to": to}) if to != _INT32 else fields
+        return data if to == UINT8 else b.op("Cast", [data], {"to": to})
     # [per_byte, m]: row j holds field j of every byte, i.e. elements j*m .. j*m+m-1 in pack's order
-    return b.op("Gather", [lut, _bytes_i32(b, k, p)], {"axis": 1})
+    return b.op("Gather", [t.fields(p.width, p.shift, to), _bytes_i32(b, k, p)], {"axis": 1})
 
 
-def _indices(b: _Builder, packed: PackedIndices, shape: tuple[int, ...]) -> gs.Variable:
+def _indices(b: Builder, t: ByteTables, packed: PackedIndices, shape: tuple[int, ...]) -> gs.Variable:
     """int32 indices in the weight's shape, in the order of :func:`onnx_statq.codebook.unpack`.
 
     They stay uint8 until the last step (an Add of planes on uint8 needs opset 14; older opsets add in int32), so
     the only full-size int32 tensor is the one the final Gather needs.
     """
     if len(packed.planes) == 1 and packed.planes[0].width == 8:  # whole bytes: stored in the weight's shape
-        return b.op("Cast", [b.const("plane0", packed.planes[0].data.reshape(shape))], {"to": _INT32})
-    to = _INT32 if len(packed.planes) > 1 and b.opset < _UINT8_ADD_OPSET else _UINT8
-    parts = [_plane_indices(b, k, p, to) for k, p in enumerate(packed.planes)]
+        return b.op("Cast", [b.const("plane0", packed.planes[0].data.reshape(shape))], {"to": INT32})
+    to = INT32 if len(packed.planes) > 1 and b.opset < _UINT8_ADD_OPSET else UINT8
+    parts = [_plane_indices(b, t, k, p, to) for k, p in enumerate(packed.planes)]
     if len(parts) > 1 or packed.tail.size:  # planes differ in shape: add them flat (one plane goes to shape at once)
-        parts = [b.op("Reshape", [part, b.shape(f"flat{k}", [-1])]) for k, part in enumerate(parts)]
+        parts = [b.op("Reshape", [part, t.flat()]) for part in parts]
     total: gs.Tensor | None = None
     for part in parts:
         total = part if total is None else b.op("Add", [total, part])
     if packed.tail.size:
         tail: gs.Tensor = b.const("tail", packed.tail)
-        if to != _UINT8:
+        if to != UINT8:
             tail = b.op("Cast", [tail], {"to": to})
         total = tail if total is None else b.op("Concat", [total, tail], {"axis": 0})
     assert total is not None  # a weight has at least one element
     idx = b.op("Reshape", [total, b.shape("shape", shape)])
-    return idx if to == _INT32 else b.op("Cast", [idx], {"to": _INT32})
+    return idx if to == INT32 else b.op("Cast", [idx], {"to": INT32})
 
 
-def _levels(b: _Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "flat") -> gs.Tensor:
+def _levels(b: Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "flat") -> gs.Tensor:
     """The levels in ``dtype``, stored in the codebook's level type: ``flat`` ``[G * K]``, ``rows`` ``[G, K]`` or
     ``columns`` ``[K, G]`` (the layouts GatherElements needs for a channel axis first or last)."""
     assert enc.codebook is not None
@@ -148,7 +91,7 @@ def _levels(b: _Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "fla
 
 
 def _decode_byte_table(
-    b: _Builder, levels: gs.Tensor, packed: PackedIndices, enc: EncodedTensor, target: gs.Variable
+    b: Builder, t: ByteTables, levels: gs.Tensor, packed: PackedIndices, enc: EncodedTensor, target: gs.Variable
 ) -> None:
     """One-field tensor codebook: Gather the float levels of every field straight from the bytes.
 
@@ -156,12 +99,12 @@ def _decode_byte_table(
     in pack's element order, with no per-element index ever materialised.
     """
     (p,) = packed.planes
-    table = b.op("Gather", [levels, _byte_fields(b, p)], {"axis": 0})
+    table = b.op("Gather", [levels, t.fields(p.width)], {"axis": 0})
     rows = b.op("Gather", [table, _bytes_i32(b, 0, p)], {"axis": 1})
     b.op("Reshape", [rows, b.shape("shape", enc.shape)], out=target)
 
 
-def _channel_offsets(b: _Builder, enc: EncodedTensor) -> gs.Tensor:
+def _channel_offsets(b: Builder, enc: EncodedTensor) -> gs.Tensor:
     """int32 ``c * K`` shaped ``[C, 1, ...]`` to broadcast over the weight's dimensions after the channel axis."""
     assert enc.codebook is not None and enc.axis is not None
     c, k = enc.codebook.groups, enc.codebook.k
@@ -176,13 +119,25 @@ def emit_decode(
     opset: int,
     fresh: Callable[[str], str],
     prefix: str = "statq",
+    tables: ByteTables | None = None,
 ) -> list[gs.Node]:
-    """Nodes whose last output is ``target``, holding the decoded weight in ``dtype``."""
-    b = _Builder(prefix, fresh, opset)
+    """Nodes whose last output is ``target``, holding the decoded weight in ``dtype``.
+
+    With ``tables`` (the graph's shared tables over the byte values) the nodes read them and the caller places the
+    tables' nodes before these; without, the tables this weight needs come first in the returned list.
+    """
+    b = Builder(prefix, fresh, opset)
+    t = tables if tables is not None else ByteTables(fresh, opset, prefix=f"{prefix}t")
+    _emit(b, t, enc, target, dtype)
+    return b.nodes if tables is not None else t.nodes + b.nodes
+
+
+def _emit(b: Builder, t: ByteTables, enc: EncodedTensor, target: gs.Variable, dtype: np.dtype) -> None:
+    """The layout's decode: float16, tensor codebook (through the byte table when it can), per-channel codebook."""
     if enc.representation == Representation.FLOAT16:
         assert enc.half is not None
         b.op("Cast", [b.const("half", enc.half)], {"to": _ONNX_TYPES[np.dtype(dtype)]}, out=target)
-        return b.nodes
+        return
     assert enc.codebook is not None and enc.indices is not None
     cb = enc.codebook
     if enc.representation == Representation.TENSOR:
@@ -190,23 +145,22 @@ def emit_decode(
         packed = pack(enc.indices.ravel(), cb.bits)
         one = packed.planes[0] if len(packed.planes) == 1 else None
         if one is not None and one.width < 8 and not packed.tail.size and cb.k >= 1 << one.width:
-            _decode_byte_table(b, levels, packed, enc, target)
+            _decode_byte_table(b, t, levels, packed, enc, target)
         else:
-            b.op("Gather", [levels, _indices(b, packed, enc.shape)], {"axis": 0}, out=target)
-        return b.nodes
+            b.op("Gather", [levels, _indices(b, t, packed, enc.shape)], {"axis": 0}, out=target)
+        return
     assert enc.axis is not None
     # indices in the weight's own order (not the [C, n] group view), so the Gather yields the weight's layout
     natural = np.moveaxis(enc.indices.reshape(_moved(enc.shape, enc.axis)), 0, enc.axis)
     packed = pack(natural.ravel(), cb.bits)
-    if opset >= 11 and len(enc.shape) == 2:
+    if b.opset >= _GATHER_ELEMENTS_OPSET and len(enc.shape) == 2:
         # GatherElements picks each element's level in its own channel with no offset tensor (one int32 copy less)
         levels = _levels(b, enc, dtype, "rows" if enc.axis == 0 else "columns")
         gather_axis = 1 - enc.axis
-        b.op("GatherElements", [levels, _indices(b, packed, enc.shape)], {"axis": gather_axis}, out=target)
-        return b.nodes
-    key = b.op("Add", [_indices(b, packed, enc.shape), _channel_offsets(b, enc)])
+        b.op("GatherElements", [levels, _indices(b, t, packed, enc.shape)], {"axis": gather_axis}, out=target)
+        return
+    key = b.op("Add", [_indices(b, t, packed, enc.shape), _channel_offsets(b, enc)])
     b.op("Gather", [_levels(b, enc, dtype), key], {"axis": 0}, out=target)
-    return b.nodes
 
 
 def _moved(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from ..errors import NoWeightsError, UnsupportedModelError
 from ..lazy import attach, deferred_values_of, materialize, values_of
 from ..plan import LayerOutcome, LayerPlan, Refiner, Sensitivity, SensitivityProbe
 from ..report import LayerRecord, Report, SkipRecord
-from .allocation import DECODE_BYTES, Layer, choose_bits
+from .allocation import DECODE_BYTES, TABLE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
 from .handlers import weight_slots
@@ -39,6 +39,7 @@ from .model_io import (
     is_float,
     namer,
 )
+from .tables import SharedTables
 
 __all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
 
@@ -69,6 +70,12 @@ class _Weight:
             return values_of(self.source.attrs["value"])
         assert isinstance(self.tensor, gs.Constant)
         return values_of(self.tensor)
+
+    @property
+    def home(self) -> gs.Graph:
+        """The graph the decode goes into. A Constant node's decode stays in its graph; an initializer's goes to its
+        first user's graph, which is the outermost of its users because graphs() walks outer graphs first."""
+        return self.source_graph or self.uses[0].graph
 
     @property
     def deferred(self) -> np.ndarray:
@@ -119,10 +126,12 @@ class StatqPass:
         todo, encoded = self.plan(graph, report, overhead=overhead, model=seen)
         outcomes = self._refine(seen, graph, todo, encoded, report)
         del seen
+        tables = SharedTables(fresh, opset)  # one table per plane and graph, read by every weight decoded there
         for w in todo:
             outcome = outcomes.get(w.tensor.name)
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
-            self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, report, outcome)
+            self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, tables, report, outcome)
+        tables.place()
         out = export_graph(graph, model)
         if base_dir is not None:
             materialize(out, Path(base_dir))
@@ -275,7 +284,7 @@ class StatqPass:
         kept = [w for w in todo if w not in free]
         other = input_bytes - sum(int(w.values.nbytes) for w in free)
         other -= sum(int(w.values.nbytes) - encoded[id(w)].stored_bytes for w in kept)
-        other += DECODE_BYTES * len(todo)
+        other += DECODE_BYTES * len(todo) + TABLE_BYTES * len({id(w.home) for w in todo})
         weighs = [importance.get(w.tensor.name, 1.0) for w in free] if importance else None
         choice = choose_bits(self.config, layers, other, input_bytes, weighs)
         target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
@@ -377,6 +386,7 @@ class StatqPass:
         enc: EncodedTensor,
         opset: int,
         fresh: Callable[[str], str],
+        tables: SharedTables,
         report: Report,
         outcome: LayerOutcome | None,
     ) -> None:
@@ -385,11 +395,10 @@ class StatqPass:
         if kept:
             report.skipped.append(SkipRecord(w.tensor.name, kept, values.size))
             return
-        # A Constant node's decode stays in its graph; an initializer's goes to its first user's graph, which is
-        # the outermost of its users because graphs() walks outer graphs first.
-        home = w.source_graph or w.uses[0].graph
+        home = w.home
         target = self._detach(w)
-        nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix=f"statq{len(report.layers)}")
+        prefix = f"statq{len(report.layers)}"
+        nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix, tables.of(home))
         home.nodes[0:0] = nodes
         if outcome is not None and outcome.bias_delta is not None:
             add_bias(w.uses[0].node, w.uses[0].graph, outcome.bias_delta, fresh)
