@@ -323,7 +323,8 @@ class StatqPass:
         if settings.granularity == Granularity.AUTO:
             bits = enc.codebook.bits if enc.codebook else settings.bits
             others = tuple(alternatives(w.values, axis, bits, settings.method, enc))
-        return Layer(w.deferred, axis, enc, others)  # values mapped one weight at a time
+        table = any(u.node.op == "Gather" for u in w.uses)
+        return Layer(w.deferred, axis, enc, others, table)  # values mapped one weight at a time
 
     def _fixed_bits(self, w: _Weight) -> bool:
         return any(
