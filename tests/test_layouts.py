@@ -76,20 +76,20 @@ def test_layouts_follow_the_weights(make_model, rng):
     assert {r.representation for r in fixed.values()} == {"tensor"}  # an explicit granularity is kept
 
 
-def test_no_embedding_table_falls_more_than_one_bit_below_the_average(rng):
+def test_no_layer_but_a_matmul_falls_more_than_one_bit_below_the_average(rng):
     """Equal weight per layer starved the largest layer (MiniLM's embedding got 2 bits at a 4-bit average): under
-    an average budget a Gather table's options start one bit below it; other targets, and Conv/Gemm/MatMul weights
-    (where the floor was measured to hurt), keep the full range."""
+    an average budget the options start one bit below it; other targets, and weights only MatMul reads (where the
+    floor was measured to hurt), keep the full range."""
     from onnx_statq.codebook import encode_tensor
     from onnx_statq.codebook.allocate import LO_BITS
     from onnx_statq.graph.allocation import Layer, _options
 
     w = (rng.standard_normal((256, 64)) * 0.05).astype(np.float32)
-    table = Layer(w, 1, encode_tensor(w, 1, 4), table=True)
-    matmul = Layer(w, 1, encode_tensor(w, 1, 4))
+    conv = Layer(w, 1, encode_tensor(w, 1, 4))
+    matmul = Layer(w, 1, encode_tensor(w, 1, 4), floored=False)
     widths = lambda config, la: {b for b in _options(config, [la]).bits[0] if b != 16}  # noqa: E731
-    assert min(widths(QuantConfig(bits=4), table)) == 3
-    assert min(widths(QuantConfig(bits=4, avg_bits=6.0), table)) == 5
-    assert min(widths(QuantConfig(bits=3), table)) == 2
-    assert min(widths(QuantConfig(bits="auto", size_ratio=8.0), table)) == LO_BITS
+    assert min(widths(QuantConfig(bits=4), conv)) == 3
+    assert min(widths(QuantConfig(bits=4, avg_bits=6.0), conv)) == 5
+    assert min(widths(QuantConfig(bits=3), conv)) == 2
+    assert min(widths(QuantConfig(bits="auto", size_ratio=8.0), conv)) == LO_BITS
     assert min(widths(QuantConfig(bits=4, avg_bits=6.0), matmul)) == LO_BITS

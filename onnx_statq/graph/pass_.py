@@ -323,8 +323,8 @@ class StatqPass:
         if settings.granularity == Granularity.AUTO:
             bits = enc.codebook.bits if enc.codebook else settings.bits
             others = tuple(alternatives(w.values, axis, bits, settings.method, enc))
-        table = any(u.node.op == "Gather" for u in w.uses)
-        return Layer(w.deferred, axis, enc, others, table)  # values mapped one weight at a time
+        floored = any(u.node.op != "MatMul" for u in w.uses)
+        return Layer(w.deferred, axis, enc, others, floored)  # values mapped one weight at a time
 
     def _fixed_bits(self, w: _Weight) -> bool:
         return any(
