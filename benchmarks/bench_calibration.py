@@ -639,11 +639,7 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
 
 def keep(sink: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any], args: argparse.Namespace) -> None:
     """Append ``row``; with ``--update``, put it in place of the old one and mark it with this run's commit."""
-    if not args.update:
-        sink.append(row)
-        return
-    rerun.mark(row, machine, f"{row['task']} {row['setting']}")
-    rerun.put(sink, row, ("task", "setting"))
+    rerun.keep(sink, row, machine, ("task", "setting") if args.update else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -411,11 +411,7 @@ def run_task(
 
 def keep(sink: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any], args: argparse.Namespace) -> None:
     """Append ``row``; with ``--update``, put it in place of the old one and mark it with this run's commit."""
-    if not args.update:
-        sink.append(row)
-        return
-    rerun.mark(row, machine, f"{row['task']} {row['variant']}")
-    rerun.put(sink, row, ("task", "variant"))
+    rerun.keep(sink, row, machine, ("task", "variant") if args.update else None)
 
 
 def main(argv: list[str] | None = None) -> int:

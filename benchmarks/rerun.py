@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mark", "note", "previous", "put"]
+__all__ = ["keep", "mark", "note", "previous", "put"]
 
 
 def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str, Any]:
@@ -57,3 +57,12 @@ def note(machine: dict[str, Any]) -> str:
         f"{up['date']}: {', '.join(up['rows']) or 'no rows'}."
         for up in machine.get("updates", [])
     )
+
+
+def keep(rows: list[dict[str, Any]], row: dict[str, Any], machine: dict[str, Any], key: Sequence[str] | None) -> None:
+    """A benchmark's new ``row``: appended in a full run (``key`` None), else marked and put in place by ``key``."""
+    if key is None:
+        rows.append(row)
+        return
+    mark(row, machine, " ".join(str(row.get(k)) for k in key))
+    put(rows, row, key)
