@@ -22,6 +22,7 @@ from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import OutputError, StatqError
 from .plan import CalibrationMode
 from .report import Report
+from .workers import MAX_DEFAULT_JOBS
 
 __all__ = ["entry", "main"]
 
@@ -262,6 +263,13 @@ def main() -> None:
     help="ort: onnxruntime's mobile format, at OUTPUT with the suffix .ort, plus the operator config of a reduced "
     "build; the decode stays in the file and runs with the model (docs/mobile.md).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="Threads for the per-weight numerics; the output is the same for any N, 1 runs one weight at a time. "
+    f"[the CPUs available, at most {MAX_DEFAULT_JOBS}]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def quantize(**opts: Any) -> None:
     """Quantize MODEL and write it to OUTPUT."""
@@ -280,6 +288,7 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
         "target_sqnr",
         "size_ratio",
         "sensitivity",
+        "jobs",
     )
     overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
     if isinstance(overrides.get("bits"), int):

@@ -17,6 +17,7 @@ from typing import Any
 
 from .codebook import MAX_BITS, Granularity, Method
 from .errors import ConfigError
+from .workers import default_jobs
 
 __all__ = ["Allocation", "Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved"]
 
@@ -74,6 +75,7 @@ class QuantConfig:
     target_sqnr: float | None = None  # per-layer weight SQNR in dB: each layer gets the fewest bits that meet it
     size_ratio: float | None = None  # whole-model budget: the output this many times smaller than the input
     sensitivity: bool = False  # with calibration data, weigh each layer's error by its measured output sensitivity
+    jobs: int | None = None  # threads for the per-weight numerics; None: ``default_jobs()``; the output is the same
     nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
     op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
 
@@ -101,6 +103,8 @@ class QuantConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not isinstance(self.sensitivity, bool):
             raise ConfigError(f"sensitivity must be true or false, got {self.sensitivity!r}")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ConfigError(f"jobs must be a positive integer (1: one weight at a time), got {self.jobs!r}")
         for name in ("nodes", "op_types"):
             table = {str(k): _layer(v, f"{name}.{k}") for k, v in dict(getattr(self, name)).items()}
             object.__setattr__(self, name, MappingProxyType(dict(sorted(table.items()))))
@@ -137,6 +141,12 @@ class QuantConfig:
         if self.allocation == Allocation.FIXED or self.target_sqnr is not None or self.size_ratio is not None:
             return None
         return float(self.avg_bits if self.avg_bits is not None else self.bits)
+
+    @property
+    def workers(self) -> int:
+        """Threads the pass encodes on: ``jobs``, or by default one per available CPU up to a cap (the value is
+        left unresolved in the config, so a config file or report carries no count of the machine that wrote it)."""
+        return self.jobs if self.jobs is not None else default_jobs()
 
     @property
     def allocates(self) -> bool:

@@ -1054,6 +1054,8 @@ BAD_OPTIONS = {
     "target_sqnr_negative": ["--target-sqnr", "-5"],
     "size_ratio_0": ["--size-ratio", "0"],
     "format_unknown": ["--format", "tflite"],
+    "jobs_0": ["--jobs", "0"],
+    "jobs_not_a_number": ["--jobs", "all"],
 }
 
 
@@ -1093,6 +1095,8 @@ CONFIGS = {
     "avg_bits_nan": ("c.json", '{"avg_bits": NaN}'),
     "exclude_not_a_list": ("c.json", json.dumps({"exclude": 5})),
     "method_unknown": ("c.toml", 'method = "magic"\n'),
+    "jobs_0": ("c.toml", "jobs = 0\n"),
+    "jobs_float": ("c.json", json.dumps({"jobs": 2.5})),
     "binary_garbage": ("c.toml", bytes(range(256))),
     "deeply_nested": ("c.json", "[" * 100_000 + "]" * 100_000),
 }

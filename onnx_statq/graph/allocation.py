@@ -18,6 +18,7 @@ from ..codebook.predict import predict_curve
 from ..codebook.tensor import Layout, to_groups
 from ..config import QuantConfig
 from ..errors import ConfigError
+from ..workers import ordered_map
 
 __all__ = [
     "CHANNEL_DECODE_BYTES",
@@ -120,11 +121,11 @@ def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
     """A float16 layout is one option (16 bits, its error); a codebook layout is one option per width."""
     ref = config.bits
     out = _Options([], [], [], [])
-    for la in layers:
+    curves = ordered_map(_curves, layers, config.workers, [int(la.values.nbytes) for la in layers])
+    for la, per_layout in zip(layers, curves, strict=True):
         lo = _floor(config) if la.floored else LO_BITS
         lay, bits, costs, pred = [], [], [], []
-        for layout in la.layouts:
-            curve = layer_curve(la, layout)
+        for layout, curve in zip(la.layouts, per_layout, strict=True):
             anchored = curve if config.auto_bits else _anchored(curve, max(layout.rel_error, 1e-12), ref)
             size, table = int(la.values.size), layout.table_bits
             half = layout.representation == Representation.FLOAT16
@@ -142,6 +143,11 @@ def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
         out.costs.append(costs)
         out.predicted.append(pred)
     return out
+
+
+def _curves(layer: Layer) -> list[dict[int, float]]:
+    """The predicted curve of each of a layer's layouts: one task of the thread pool, which reads only ``layer``."""
+    return [layer_curve(layer, layout) for layout in layer.layouts]
 
 
 def _floor(config: QuantConfig) -> int:

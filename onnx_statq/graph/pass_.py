@@ -24,6 +24,7 @@ from ..errors import NoWeightsError, UnsupportedModelError
 from ..lazy import attach, deferred_values_of, materialize, values_of
 from ..plan import LayerOutcome, LayerPlan, Refiner, Sensitivity, SensitivityProbe
 from ..report import LayerRecord, Report, SkipRecord
+from ..workers import ordered_map
 from .allocation import DECODE_BYTES, TABLE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
@@ -151,11 +152,13 @@ class StatqPass:
             if already:
                 raise NoWeightsError("the model is already quantized by onnx-statq; its encoded weights are left alone")
             raise NoWeightsError(self._nothing_message(report))
-        encoded = {}
-        for i, w in enumerate(todo):
+
+        def started(i: int, w: _Weight) -> None:
             if self.progress:
                 self.progress(i, len(todo), w.tensor.name)
-            encoded[id(w)] = self._encode(w)
+
+        first = ordered_map(self._encode, todo, self.config.workers, _sizes(todo), before=started)
+        encoded = {id(w): enc for w, enc in zip(todo, first, strict=True)}
         if self.progress:
             self.progress(len(todo), len(todo), "")
         if self.config.allocates:
@@ -280,22 +283,17 @@ class StatqPass:
         configured target (explicit per-node/op bits stay), and record every codebook layer's predicted error next
         to the one it will be measured to have."""
         free = [w for w in todo if self._free(w, encoded[id(w)])]
-        layers = [self._layer(w, encoded[id(w)]) for w in free]
+        layers = ordered_map(lambda w: self._layer(w, encoded[id(w)]), free, self.config.workers, _sizes(free))
         kept = [w for w in todo if w not in free]
         other = input_bytes - sum(int(w.values.nbytes) for w in free)
         other -= sum(int(w.values.nbytes) - encoded[id(w)].stored_bytes for w in kept)
         other += DECODE_BYTES * len(todo) + TABLE_BYTES * len({id(w.home) for w in todo})
         weighs = [importance.get(w.tensor.name, 1.0) for w in free] if importance else None
         choice = choose_bits(self.config, layers, other, input_bytes, weighs)
-        target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
         layouts = choice.layouts or [encoded[id(w)].representation for w in free]
-        for i, (w, b, curve, layout) in enumerate(zip(free, choice.bits, choice.predicted, layouts, strict=True)):
-            enc = encoded[id(w)]
-            if layout != enc.representation or (enc.codebook is not None and enc.codebook.bits != b):
-                enc = self._encode(w, b, layout=layout)
-            while target is not None and enc.codebook is not None and enc.rel_error > target and b < HI_BITS:
-                b += 1  # the prediction missed the target: the measurement decides, one more bit at a time
-                enc = self._encode(w, bits=b, layout=layout)
+        widths = [(w, encoded[id(w)], b, lay) for w, b, lay in zip(free, choice.bits, layouts, strict=True)]
+        final = ordered_map(self._reencode, widths, self.config.workers, _sizes(free))
+        for i, (w, curve, (enc, b)) in enumerate(zip(free, choice.predicted, final, strict=True)):
             encoded[id(w)] = enc
             choice.bits[i] = b if enc.codebook is not None else 16
             report.predicted[w.tensor.name] = curve[min(b, HI_BITS)]
@@ -306,6 +304,19 @@ class StatqPass:
         sizes = sum(int(w.values.size) for w in free)
         report.totals["average_stored_bits"] = 8 * sum(encoded[id(w)].stored_bytes for w in free) / max(sizes, 1)
         report.totals["allocation_target"] = choice.target
+
+    def _reencode(self, job: tuple[_Weight, EncodedTensor, int, Representation]) -> tuple[EncodedTensor, int]:
+        """A weight at its allocated width and layout (its first encoding if that already is one), and the width it
+        ends with: with an SQNR target, one more bit at a time until the measured error meets it. It reads and
+        writes nothing shared, so weights are re-encoded concurrently."""
+        w, enc, bits, layout = job
+        if layout != enc.representation or (enc.codebook is not None and enc.codebook.bits != bits):
+            enc = self._encode(w, bits, layout=layout)
+        target = None if self.config.target_sqnr is None else 10 ** (-self.config.target_sqnr / 10)
+        while target is not None and enc.codebook is not None and enc.rel_error > target and bits < HI_BITS:
+            bits += 1  # the prediction missed the target: the measurement decides, one more bit at a time
+            enc = self._encode(w, bits=bits, layout=layout)
+        return enc, bits
 
     def _free(self, w: _Weight, enc: EncodedTensor) -> bool:
         """Whether the allocation chooses this weight's width: a codebook weight without explicit bits, or one the
@@ -444,6 +455,11 @@ class StatqPass:
             return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
         reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
         return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
+
+
+def _sizes(weights: list[_Weight]) -> list[int]:
+    """Each weight's bytes, for the thread pool's memory budget (an external weight's without reading it)."""
+    return [int(w.deferred.nbytes) for w in weights]
 
 
 def _positions(graph: gs.Graph) -> dict[int, tuple[int, tuple[int, str] | None]]:
