@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,70 +21,26 @@ from ..codebook.allocate import HI_BITS
 from ..codebook.tensor import Layout, alternatives, encode_half
 from ..config import Allocation, QuantConfig, Resolved
 from ..errors import NoWeightsError, UnsupportedModelError
-from ..lazy import attach, deferred_values_of, materialize, values_of
+from ..lazy import attach, materialize
 from ..plan import LayerOutcome, LayerPlan, Refiner, Sensitivity, SensitivityProbe
 from ..report import LayerRecord, Report, SkipRecord
 from ..workers import ordered_map
 from .allocation import DECODE_BYTES, TABLE_BYTES, Layer, choose_bits
 from .bias import add_bias
 from .encode import MIN_OPSET, emit_decode
-from .handlers import weight_slots
 from .model_io import (
-    FLOATS,
     constant_bytes,
-    constant_source,
     default_opset,
     export_graph,
-    graphs,
     import_graph,
-    is_float,
     namer,
 )
 from .tables import SharedTables
+from .weights import Weight, admit, find_weights, nothing_message
 
 __all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Use:
-    node: gs.Node
-    graph: gs.Graph
-    axis: int | None
-    settings: Resolved
-    role: str
-    slot: int
-
-
-@dataclass
-class _Weight:
-    tensor: gs.Tensor  # gs.Constant, or the Variable output of a Constant node
-    source: gs.Node | None  # the Constant node, if any
-    source_graph: gs.Graph | None
-    uses: list[_Use] = field(default_factory=list)
-
-    @property
-    def values(self) -> np.ndarray:
-        """The weight; for an external one, a fresh read-only map each time, which nothing here keeps."""
-        if self.source is not None:
-            return values_of(self.source.attrs["value"])
-        assert isinstance(self.tensor, gs.Constant)
-        return values_of(self.tensor)
-
-    @property
-    def home(self) -> gs.Graph:
-        """The graph the decode goes into. A Constant node's decode stays in its graph; an initializer's goes to its
-        first user's graph, which is the outermost of its users because graphs() walks outer graphs first."""
-        return self.source_graph or self.uses[0].graph
-
-    @property
-    def deferred(self) -> np.ndarray:
-        """Like :attr:`values`, but an external weight is mapped only inside each ``np.asarray`` of it."""
-        if self.source is not None:
-            return deferred_values_of(self.source.attrs["value"])
-        assert isinstance(self.tensor, gs.Constant)
-        return deferred_values_of(self.tensor)
 
 
 @dataclass(frozen=True)
@@ -140,20 +96,20 @@ class StatqPass:
 
     def plan(
         self, graph: gs.Graph, report: Report, overhead: int = 0, model: onnx.ModelProto | None = None
-    ) -> tuple[list[_Weight], dict[int, EncodedTensor]]:
+    ) -> tuple[list[Weight], dict[int, EncodedTensor]]:
         """Find, admit and encode every weight, with the bit allocation: every choice of the data-free pass, with
         the graph untouched. Skips go to ``report``; ``onnx-statq inspect`` shows exactly these choices."""
-        weights = self._find(graph, report)
-        todo = [w for w in weights if self._admit(w, graph, report)]
+        weights = find_weights(graph, self.config, report)
+        todo = [w for w in weights if admit(w, graph, self.config, report)]
         if not todo:
             already = any(s.reason.startswith("already encoded by onnx-statq") for s in report.skipped) or any(
                 n.name.startswith("statq") and n.op in ("Gather", "GatherElements") for n in graph.nodes
             )
             if already:
                 raise NoWeightsError("the model is already quantized by onnx-statq; its encoded weights are left alone")
-            raise NoWeightsError(self._nothing_message(report))
+            raise NoWeightsError(nothing_message(report))
 
-        def started(i: int, w: _Weight) -> None:
+        def started(i: int, w: Weight) -> None:
             if self.progress:
                 self.progress(i, len(todo), w.tensor.name)
 
@@ -170,7 +126,7 @@ class StatqPass:
         self,
         model: onnx.ModelProto,
         graph: gs.Graph,
-        todo: list[_Weight],
+        todo: list[Weight],
         encoded: dict[int, EncodedTensor],
         report: Report,
     ) -> dict[str, float] | None:
@@ -195,70 +151,12 @@ class StatqPass:
         report.sensitivity = {k: v / scale for k, v in measured.items()}
         return report.sensitivity
 
-    def _find(self, graph: gs.Graph, report: Report) -> list[_Weight]:
-        found: dict[int, _Weight] = {}
-        # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
-        homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
-        for g in graphs(graph):
-            for node in g.nodes:
-                for slot in weight_slots(node.op, node.domain or ""):
-                    if slot.index >= len(node.inputs):
-                        continue
-                    t = node.inputs[slot.index]
-                    source = constant_source(t)
-                    if not isinstance(t, gs.Constant) and source is None:
-                        continue
-                    w = found.setdefault(id(t), _Weight(t, source, homes[id(source)] if source is not None else None))
-                    shape = tuple(int(s) for s in w.values.shape)
-                    settings = self.config.resolve(node.name or "", node.op)
-                    w.uses.append(_Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
-        self._report_other_constants(graph, found, report)
-        return list(found.values())
-
-    def _report_other_constants(self, graph: gs.Graph, found: dict[int, _Weight], report: Report) -> None:
-        seen: set[int] = set()
-        for g in graphs(graph):
-            for node in g.nodes:
-                for i, t in enumerate(node.inputs):
-                    if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
-                        seen.add(id(t))
-                        if is_float(t.dtype):
-                            size = int(np.prod(t.shape))
-                            reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"
-                            report.skipped.append(SkipRecord(t.name, reason, size))
-
-    def _admit(self, w: _Weight, graph: gs.Graph, report: Report) -> bool:
-        reason = self._skip_reason(w, graph)
-        if reason is None:
-            return True
-        logger.info("skipping %s: %s", w.tensor.name, reason)
-        report.skipped.append(SkipRecord(w.tensor.name, reason, int(np.prod(w.values.shape))))
-        return False
-
-    def _skip_reason(self, w: _Weight, graph: gs.Graph) -> str | None:
-        values = w.values
-        if w.tensor.name.startswith("statq") and all(u.node.name.startswith("statq") for u in w.uses):
-            return "already encoded by onnx-statq (a codebook of an earlier run)"
-        if any(u.settings.skip for u in w.uses):
-            return "excluded by --exclude or config"
-        if values.dtype not in FLOATS:
-            return f"dtype {values.dtype} is not a float type this pass encodes"
-        if any(w.tensor.name == i.name for g in graphs(graph) for i in g.inputs):
-            return "also a graph input, so it can be overridden at run time"
-        if values.size < self.config.min_size:
-            return f"{values.size} elements, below min-size {self.config.min_size}"
-        if not np.all(np.isfinite(values)):
-            return "holds NaN or Inf values"
-        if values.dtype == np.float64 and np.max(np.abs(values)) > np.finfo(np.float32).max:
-            return "holds values beyond the float32 range of codebook levels"
-        return None
-
-    def _settings(self, w: _Weight) -> tuple[Resolved, int | None]:
+    def _settings(self, w: Weight) -> tuple[Resolved, int | None]:
         settings = max((u.settings for u in w.uses), key=lambda s: s.bits)
         axes = {u.axis for u in w.uses}
         return settings, (axes.pop() if len(axes) == 1 else None)
 
-    def _encode(self, w: _Weight, bits: int | None = None, layout: Representation | None = None) -> EncodedTensor:
+    def _encode(self, w: Weight, bits: int | None = None, layout: Representation | None = None) -> EncodedTensor:
         """Encode at ``bits``; with ``layout``, in that layout (the allocation priced that layout's tables, so
         re-choosing it at the new width could blow the budget: float16 at 8 bits costs twice the 8-bit indices)."""
         settings, axis = self._settings(w)
@@ -273,7 +171,7 @@ class StatqPass:
 
     def _allocate(
         self,
-        todo: list[_Weight],
+        todo: list[Weight],
         encoded: dict[int, EncodedTensor],
         report: Report,
         input_bytes: int,
@@ -305,7 +203,7 @@ class StatqPass:
         report.totals["average_stored_bits"] = 8 * sum(encoded[id(w)].stored_bytes for w in free) / max(sizes, 1)
         report.totals["allocation_target"] = choice.target
 
-    def _reencode(self, job: tuple[_Weight, EncodedTensor, int, Representation]) -> tuple[EncodedTensor, int]:
+    def _reencode(self, job: tuple[Weight, EncodedTensor, int, Representation]) -> tuple[EncodedTensor, int]:
         """A weight at its allocated width and layout (its first encoding if that already is one), and the width it
         ends with: with an SQNR target, one more bit at a time until the measured error meets it. It reads and
         writes nothing shared, so weights are re-encoded concurrently."""
@@ -318,7 +216,7 @@ class StatqPass:
             enc = self._encode(w, bits=bits, layout=layout)
         return enc, bits
 
-    def _free(self, w: _Weight, enc: EncodedTensor) -> bool:
+    def _free(self, w: Weight, enc: EncodedTensor) -> bool:
         """Whether the allocation chooses this weight's width: a codebook weight without explicit bits, or one the
         layout rule put in float16 while the allocation may choose its layout."""
         if self._fixed_bits(w):
@@ -327,7 +225,7 @@ class StatqPass:
             return True
         return self._settings(w)[0].granularity == Granularity.AUTO and w.values.dtype != np.float16
 
-    def _layer(self, w: _Weight, enc: EncodedTensor) -> Layer:
+    def _layer(self, w: Weight, enc: EncodedTensor) -> Layer:
         """What the allocation weighs for ``w``: with ``auto`` granularity, every layout at the reference width."""
         settings, axis = self._settings(w)
         others: tuple[Layout, ...] = ()
@@ -337,7 +235,7 @@ class StatqPass:
         floored = any(u.node.op != "MatMul" for u in w.uses)
         return Layer(w.deferred, axis, enc, others, floored)  # values mapped one weight at a time
 
-    def _fixed_bits(self, w: _Weight) -> bool:
+    def _fixed_bits(self, w: Weight) -> bool:
         return any(
             s is not None and s.bits is not None
             for u in w.uses
@@ -348,7 +246,7 @@ class StatqPass:
         self,
         model: onnx.ModelProto,
         graph: gs.Graph,
-        todo: list[_Weight],
+        todo: list[Weight],
         encoded: dict[int, EncodedTensor],
         report: Report,
     ) -> dict[str, LayerOutcome]:
@@ -394,7 +292,7 @@ class StatqPass:
 
     def _rewrite(
         self,
-        w: _Weight,
+        w: Weight,
         enc: EncodedTensor,
         opset: int,
         fresh: Callable[[str], str],
@@ -434,7 +332,7 @@ class StatqPass:
         )
 
     @staticmethod
-    def _detach(w: _Weight) -> gs.Variable:
+    def _detach(w: Weight) -> gs.Variable:
         """Turn the weight's tensor into a Variable with the same name, so every consumer, in any subgraph, reads
         the decoded value without being touched."""
         values = w.values
@@ -449,15 +347,8 @@ class StatqPass:
         t.type = "tensor_type"  # graphsurgeon 0.6's to_variable leaves this unset, and export needs it
         return t
 
-    @staticmethod
-    def _nothing_message(report: Report) -> str:
-        if not report.skipped:
-            return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
-        reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
-        return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
 
-
-def _sizes(weights: list[_Weight]) -> list[int]:
+def _sizes(weights: list[Weight]) -> list[int]:
     """Each weight's bytes, for the thread pool's memory budget (an external weight's without reading it)."""
     return [int(w.deferred.nbytes) for w in weights]
 

@@ -1,0 +1,136 @@
+"""Find the weights a pass may encode, and decide which it admits: the first half of the pass, graph reading only.
+
+Every weight slot the handler registry knows is looked up in every graph and subgraph; a tensor read by several
+nodes is one weight with several uses (encoded once). What is skipped, and why, goes to the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..config import QuantConfig, Resolved
+from ..lazy import deferred_values_of, values_of
+from ..report import Report, SkipRecord
+from .handlers import weight_slots
+from .model_io import FLOATS, constant_source, graphs, is_float
+
+__all__ = ["Use", "Weight", "admit", "find_weights", "nothing_message"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Use:
+    node: gs.Node
+    graph: gs.Graph
+    axis: int | None
+    settings: Resolved
+    role: str
+    slot: int
+
+
+@dataclass
+class Weight:
+    tensor: gs.Tensor  # gs.Constant, or the Variable output of a Constant node
+    source: gs.Node | None  # the Constant node, if any
+    source_graph: gs.Graph | None
+    uses: list[Use] = field(default_factory=list)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The weight; for an external one, a fresh read-only map each time, which nothing here keeps."""
+        if self.source is not None:
+            return values_of(self.source.attrs["value"])
+        assert isinstance(self.tensor, gs.Constant)
+        return values_of(self.tensor)
+
+    @property
+    def home(self) -> gs.Graph:
+        """The graph the decode goes into. A Constant node's decode stays in its graph; an initializer's goes to its
+        first user's graph, which is the outermost of its users because graphs() walks outer graphs first."""
+        return self.source_graph or self.uses[0].graph
+
+    @property
+    def deferred(self) -> np.ndarray:
+        """Like :attr:`values`, but an external weight is mapped only inside each ``np.asarray`` of it."""
+        if self.source is not None:
+            return deferred_values_of(self.source.attrs["value"])
+        assert isinstance(self.tensor, gs.Constant)
+        return deferred_values_of(self.tensor)
+
+
+def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[Weight]:
+    """Every constant in a weight slot of any node of ``graph`` and its subgraphs, with its uses; the other float
+    constants go to the report as skipped."""
+    found: dict[int, Weight] = {}
+    # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
+    homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
+    for g in graphs(graph):
+        for node in g.nodes:
+            for slot in weight_slots(node.op, node.domain or ""):
+                if slot.index >= len(node.inputs):
+                    continue
+                t = node.inputs[slot.index]
+                source = constant_source(t)
+                if not isinstance(t, gs.Constant) and source is None:
+                    continue
+                w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
+                shape = tuple(int(s) for s in w.values.shape)
+                settings = config.resolve(node.name or "", node.op)
+                w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
+    _report_other_constants(graph, found, report)
+    return list(found.values())
+
+
+def _report_other_constants(graph: gs.Graph, found: dict[int, Weight], report: Report) -> None:
+    seen: set[int] = set()
+    for g in graphs(graph):
+        for node in g.nodes:
+            for i, t in enumerate(node.inputs):
+                if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
+                    seen.add(id(t))
+                    if is_float(t.dtype):
+                        size = int(np.prod(t.shape))
+                        reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"
+                        report.skipped.append(SkipRecord(t.name, reason, size))
+
+
+def admit(w: Weight, graph: gs.Graph, config: QuantConfig, report: Report) -> bool:
+    """Whether the pass encodes ``w``; a weight it does not is logged and reported with its reason."""
+    reason = _skip_reason(w, graph, config)
+    if reason is None:
+        return True
+    logger.info("skipping %s: %s", w.tensor.name, reason)
+    report.skipped.append(SkipRecord(w.tensor.name, reason, int(np.prod(w.values.shape))))
+    return False
+
+
+def _skip_reason(w: Weight, graph: gs.Graph, config: QuantConfig) -> str | None:
+    values = w.values
+    if w.tensor.name.startswith("statq") and all(u.node.name.startswith("statq") for u in w.uses):
+        return "already encoded by onnx-statq (a codebook of an earlier run)"
+    if any(u.settings.skip for u in w.uses):
+        return "excluded by --exclude or config"
+    if values.dtype not in FLOATS:
+        return f"dtype {values.dtype} is not a float type this pass encodes"
+    if any(w.tensor.name == i.name for g in graphs(graph) for i in g.inputs):
+        return "also a graph input, so it can be overridden at run time"
+    if values.size < config.min_size:
+        return f"{values.size} elements, below min-size {config.min_size}"
+    if not np.all(np.isfinite(values)):
+        return "holds NaN or Inf values"
+    if values.dtype == np.float64 and np.max(np.abs(values)) > np.finfo(np.float32).max:
+        return "holds values beyond the float32 range of codebook levels"
+    return None
+
+
+def nothing_message(report: Report) -> str:
+    """The one-line error for a model with no weight to encode, with the commonest reasons it was skipped."""
+    if not report.skipped:
+        return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
+    reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
+    return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
