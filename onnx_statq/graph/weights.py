@@ -40,13 +40,17 @@ class Weight:
     source_graph: gs.Graph | None
     uses: list[Use] = field(default_factory=list)
 
+    def _stored(self) -> gs.Constant:
+        """Where the values live: the Constant node's value, or the initializer itself."""
+        if self.source is not None:
+            return self.source.attrs["value"]
+        assert isinstance(self.tensor, gs.Constant)
+        return self.tensor
+
     @property
     def values(self) -> np.ndarray:
         """The weight; for an external one, a fresh read-only map each time, which nothing here keeps."""
-        if self.source is not None:
-            return values_of(self.source.attrs["value"])
-        assert isinstance(self.tensor, gs.Constant)
-        return values_of(self.tensor)
+        return values_of(self._stored())
 
     @property
     def home(self) -> gs.Graph:
@@ -57,10 +61,7 @@ class Weight:
     @property
     def deferred(self) -> np.ndarray:
         """Like :attr:`values`, but an external weight is mapped only inside each ``np.asarray`` of it."""
-        if self.source is not None:
-            return deferred_values_of(self.source.attrs["value"])
-        assert isinstance(self.tensor, gs.Constant)
-        return deferred_values_of(self.tensor)
+        return deferred_values_of(self._stored())
 
 
 def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[Weight]:
