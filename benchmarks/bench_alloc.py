@@ -181,7 +181,8 @@ def plan_layers(path: Path) -> tuple[list[LayerInfo], float]:
         values = np.array(w.values)
         axis = statq._settings(w)[1]  # the channel axis exactly as the pass passes it on to Layer
         consumers = tuple(u.node.name for u in w.uses)
-        out.append(LayerInfo(w.tensor.name, w.uses[0].node.op, consumers, values, Layer(values, axis, enc)))
+        layer = Layer(values, axis, enc, floored=not w.matmul_only)  # as the pass builds it for choose_bits
+        out.append(LayerInfo(w.tensor.name, w.uses[0].node.op, consumers, values, layer))
     return out, plan_s
 
 

@@ -592,11 +592,16 @@ def _allocation(rows: list[dict[str, Any]]) -> str:
     return "/".join(found) or "?"
 
 
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the results file records: the first run's when ``--update`` replaces some of its rows."""
+    own = {k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick", "modes", "compensations", "feedback")}
+    return getattr(args, "first_options", None) or own
+
+
 def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
     """Rewrite JSON and markdown atomically, so a reader or a crash never sees half a file."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    options = {k: getattr(args, k) for k in ("tasks", "bits", "samples", "quick", "modes", "compensations", "feedback")}
-    options = getattr(args, "first_options", None) or options
+    options = run_options(args)
     payload = {
         "machine": machine,
         "limit": args.limit,
@@ -660,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     (machine["updates"][-1] if args.update else machine)["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
     write_results(rows, machine, args)
     print("", flush=True)
-    for check in summary(rows, (getattr(args, "first_options", None) or {"bits": args.bits})["bits"]):
+    for check in summary(rows, run_options(args)["bits"]):
         print(f"{check['task']}: {check['check']}: {check['detail']} -> {check['status']}", flush=True)
     print(f"wrote {RESULTS_DIR / (args.out + '.json')} and .md", flush=True)
     return int(any("error" in r for r in rows))

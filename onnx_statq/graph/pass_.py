@@ -232,8 +232,7 @@ class StatqPass:
         if settings.granularity == Granularity.AUTO:
             bits = enc.codebook.bits if enc.codebook else settings.bits
             others = tuple(alternatives(w.values, axis, bits, settings.method, enc))
-        floored = any(u.node.op != "MatMul" for u in w.uses)
-        return Layer(w.deferred, axis, enc, others, floored)  # values mapped one weight at a time
+        return Layer(w.deferred, axis, enc, others, not w.matmul_only)  # values mapped one weight at a time
 
     def _fixed_bits(self, w: Weight) -> bool:
         return any(

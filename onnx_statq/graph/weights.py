@@ -59,6 +59,11 @@ class Weight:
         return self.source_graph or self.uses[0].graph
 
     @property
+    def matmul_only(self) -> bool:
+        """Whether only MatMul nodes read it: the allocation's floor does not hold such a weight (``Layer.floored``)."""
+        return all(u.node.op == "MatMul" for u in self.uses)
+
+    @property
     def deferred(self) -> np.ndarray:
         """Like :attr:`values`, but an external weight is mapped only inside each ``np.asarray`` of it."""
         return deferred_values_of(self._stored())
