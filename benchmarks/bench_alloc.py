@@ -65,6 +65,7 @@ import onnxruntime as ort
 
 import onnx_statq
 import onnx_statq.calibrate  # (the pass imports it lazily; load it before the code digest is read)
+from benchmarks import paired
 from benchmarks.bench_calibration import samples_for
 from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evaluate_row
 from benchmarks.tasks import TASKS
@@ -640,6 +641,7 @@ def verdicts(data: dict[str, Any]) -> dict[str, Any]:
             if not auto or not uni or "error" in auto or "error" in uni:
                 continue
             diff = 100 * (auto["value"] - uni["value"])
+            pair = paired.compare(auto.get("units"), uni.get("units"))
             cmp.append(
                 {
                     "task": entry["task"],
@@ -653,6 +655,8 @@ def verdicts(data: dict[str, Any]) -> dict[str, Any]:
                     # a count of samples for metrics that are one: how many files/digits/queries the margin is
                     "samples": round(diff / 100 * auto["n"]) if auto.get("metric") in ("accuracy", "top1") else None,
                     "n": auto.get("n"),
+                    "interval": None if pair is None else [pair.low, pair.high],
+                    "better_worse": None if pair is None else [pair.better, pair.worse],
                 }
             )
     out["auto_vs_uniform"] = cmp
@@ -885,7 +889,17 @@ def avg3_tables(data: dict[str, Any]) -> list[str]:
     if v:
         lines += ["", "auto avg 3.0 against uniform 3, on the task metric:", ""]
         lines += _table(
-            ["model", "condition", "auto", "uniform", "Δ points", "file × auto / uniform", "result"],
+            [
+                "model",
+                "condition",
+                "auto",
+                "uniform",
+                "Δ points",
+                "95% interval",
+                "units better / worse",
+                "file × auto / uniform",
+                "result",
+            ],
             [
                 [
                     c["task"],
@@ -893,6 +907,8 @@ def avg3_tables(data: dict[str, Any]) -> list[str]:
                     f"{c['auto']:.4f}",
                     f"{c['uniform']:.4f}",
                     f"{c['delta_points']:+.2f}",
+                    "-" if c.get("interval") is None else f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]",
+                    "-" if c.get("better_worse") is None else f"{c['better_worse'][0]} / {c['better_worse'][1]}",
                     f"{c['auto_ratio']:.2f} / {c['uniform_ratio']:.2f}",
                     f"**{c['result']}**",
                 ]
@@ -959,6 +975,7 @@ def markdown_lines(data: dict[str, Any]) -> list[str]:
         cells = [
             f"{c['task']} {'calibrated' if c['calibrated'] else 'data-free'} {c['result']} ({c['delta_points']:+.2f}"
             + (f", {c['samples']:+d} of {c['n']}" if c.get("samples") is not None else "")
+            + (f", 95% interval [{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]" if c.get("interval") else "")
             + ")"
             for c in v["auto_vs_uniform"]
         ]

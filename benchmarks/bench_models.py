@@ -51,7 +51,7 @@ import onnx
 import onnxruntime as ort
 
 import onnx_statq
-from benchmarks import rerun
+from benchmarks import paired, rerun
 from benchmarks.tasks import ALL_TASKS, TASKS
 from onnx_statq.api import quantize_file
 from onnx_statq.config import QuantConfig
@@ -178,6 +178,7 @@ def evaluate_row(task: str, model_path: Path, limit: int | None) -> dict[str, An
         "value": float(result["value"]),
         "secondary": _secondary(result),
         "n": result.get("n"),
+        "units": result.get("units"),  # per evaluation unit, for paired comparisons (benchmarks/paired.py)
         "eval_s": time.perf_counter() - start,
     }
 
@@ -254,6 +255,8 @@ def acceptance(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, 
             continue
         loss, ratio = -row["delta_points"] + 0.0, row["file_ratio"]  # + 0.0 turns -0.0 into 0.0
         ok = loss <= max_loss and ratio >= ACCEPT_MIN_RATIO
+        ref = next((r for r in rows if r["task"] == task and r["variant"] == "float"), {})
+        pair = paired.compare(ref.get("units"), row.get("units"))  # float minus quantized: the loss
         out.append(
             {
                 "task": task,
@@ -262,6 +265,7 @@ def acceptance(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, 
                 "max_loss_points": max_loss,
                 "file_ratio": ratio,
                 "min_file_ratio": ACCEPT_MIN_RATIO,
+                "loss_interval": None if pair is None else [pair.low, pair.high],
                 "status": "PASS" if ok else "FAIL",
                 "indicative_only": limit is not None,
             }
@@ -349,17 +353,20 @@ def _acceptance_md(checks: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"Acceptance (issue): at {ACCEPT_BITS} bits, data-free default ({ACCEPT_METHOD}/{ACCEPT_GRANULARITY}), "
         f"loss <= 1 point on magika and PP-OCRv6 (char accuracy), <= 2 points top-1 on MiniLM, "
-        f"file >= {ACCEPT_MIN_RATIO}x smaller.",
+        f"file >= {ACCEPT_MIN_RATIO}x smaller. 95% interval: of the loss, by a paired bootstrap over the evaluation "
+        "units (files, lines, queries; `benchmarks/paired.py`): how much the evaluation set can tell.",
         "",
-        "| model | metric | loss (points) | limit | file × | limit | result |",
-        "|---|---|---|---|---|---|---|",
+        "| model | metric | loss (points) | 95% interval | limit | file × | limit | result |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in checks:
         if "reason" in c:
-            lines.append(f"| {c['task']} | | | | | | FAIL ({c['reason'][:80]}) |")
+            lines.append(f"| {c['task']} | | | | | | | FAIL ({c['reason'][:80]}) |")
             continue
+        band = c.get("loss_interval")
+        interval = "-" if band is None else f"[{band[0]:+.2f}, {band[1]:+.2f}]"
         lines.append(
-            f"| {c['task']} | {c['metric']} | {c['loss_points']:.2f} | <= {c['max_loss_points']:g} | "
+            f"| {c['task']} | {c['metric']} | {c['loss_points']:.2f} | {interval} | <= {c['max_loss_points']:g} | "
             f"{c['file_ratio']:.2f}x | >= {c['min_file_ratio']:g}x | **{c['status']}** |"
         )
     return lines

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..paired import units
 from . import _common
 
 DIGITS_DIR = _common.REPO_ROOT / "models" / "digits"
@@ -45,9 +46,8 @@ def _evaluator() -> ModuleType:
 
 def evaluate(model_path: str, limit: int | None = None) -> dict:
     """Accuracy on all 540 test digits; ``limit`` is ignored because the full set runs in milliseconds."""
-    evaluator = _evaluator()
-    n = len(evaluator.load_test_data()[1])
-    return {"metric": "accuracy", "value": float(evaluator.accuracy(str(model_path))), "n": n}
+    correct = _evaluator().correct(str(model_path))
+    return {"metric": "accuracy", "value": float(correct.mean()), "units": units(correct), "n": int(correct.size)}
 
 
 def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:

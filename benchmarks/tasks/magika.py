@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paired import units
 from . import _common
 
 SCAN_ROOT = Path("/usr")
@@ -235,6 +236,7 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     return {
         "metric": "accuracy",
         "value": float(correct.mean()),
+        "units": units(correct),
         "macro_accuracy": float(np.mean(per_class)),
         "mean_true_prob": float(probs[np.arange(len(y)), y].mean()),
         "n_classes": len(per_class),

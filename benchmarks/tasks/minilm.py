@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..paired import units
 from . import _common
 
 BATCH = 32
@@ -81,6 +82,7 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     return {
         "metric": "top1",
         "value": float((ranks == 1).mean()),
+        "units": units(ranks == 1),
         "mrr": float((1.0 / ranks).mean()),
         "n": len(ranks),
     }

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paired import units
 from . import _common, ppocr_rec
 
 N_EVAL = 400
@@ -107,6 +108,7 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     return {
         "metric": "accuracy",
         "value": float(np.mean(pred == labels)),
+        "units": units(pred == labels),
         "pipeline_accuracy": float(np.mean(upright)),
         "accuracy_0": float(np.mean(pred[labels == 0] == 0)),
         "accuracy_180": float(np.mean(pred[labels == 1] == 1)),

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paired import units
 from . import _common, ppocr_rec
 
 N_EVAL = 100
@@ -230,16 +231,20 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     preds = predict(model_path, list(inputs), [p.shape[:2] for p in pages])
     ious: list[float] = []
     n_pred = n_true = 0
+    per_page = []
     for pred, truth in zip(preds, truths, strict=True):
-        ious += match(pred, truth.astype(np.float64))
+        matched = match(pred, truth.astype(np.float64))
+        ious += matched
         n_pred += len(pred)
         n_true += len(truth)
+        per_page.append((2 * len(matched), len(pred) + len(truth)))
     precision = len(ious) / n_pred if n_pred else 0.0
     recall = len(ious) / n_true if n_true else 0.0
     f1 = 2 * len(ious) / (n_pred + n_true) if n_pred + n_true else 0.0
     return {
         "metric": "box_f1@0.5",
         "value": f1,
+        "units": units(*zip(*per_page, strict=True)) if per_page else [],
         "precision": precision,
         "recall": recall,
         "mean_iou": float(np.mean(ious)) if ious else 0.0,

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paired import units
 from . import _common
 
 N_EVAL = 300
@@ -221,10 +222,12 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     for idx, tensor in batches(list(images)):
         for i, text in zip(idx, ctc_greedy(sess.run(None, {INPUT_NAME: tensor})[0], chars), strict=True):
             preds[i] = text
-    errors = sum(edit_distance(p, t) for p, t in zip(preds, lines, strict=True))
+    per_line = [edit_distance(p, t) for p, t in zip(preds, lines, strict=True)]
+    sizes = [len(t) for t in lines]
     return {
         "metric": "char_accuracy",
-        "value": 1.0 - errors / sum(map(len, lines)),
+        "value": 1.0 - sum(per_line) / sum(sizes),
+        "units": units(np.subtract(sizes, per_line), sizes),
         "line_accuracy": float(np.mean([p == t for p, t in zip(preds, lines, strict=True)])),
         "fonts": "dejavu" if font_files()[1] else "fallback",
         "n": len(lines),

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paired import units
 from . import _common, ppocr_rec
 
 N_CLIPS = 48
@@ -173,6 +174,7 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     return {
         "metric": "frame accuracy",
         "value": float(np.mean(speech == labels)),
+        "units": units((speech == labels).sum(axis=1), labels.shape[1]),  # per clip: its frames are not independent
         "recall": float(np.mean(speech[labels])),
         "false_alarm": float(np.mean(speech[~labels])),
         "agreement": float(np.mean(speech == _float_decisions(limit))),

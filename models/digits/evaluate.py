@@ -28,7 +28,13 @@ def load_test_data(path: Path = TEST_DATA) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy(model_path: str) -> float:
-    """Top-1 accuracy of the model at `model_path` on digits_test.npz, run with onnxruntime CPU.
+    """Top-1 accuracy of the model at `model_path` on digits_test.npz, run with onnxruntime CPU."""
+    return float(correct(model_path).mean())
+
+
+def correct(model_path: str) -> np.ndarray:
+    """Per test image, whether the model at `model_path` classifies it right (the benchmarks compare two models
+    image by image).
 
     The input/output names are read from the session instead of assuming "input"/"logits", so
     graph passes that rename tensors can still be evaluated.
@@ -40,7 +46,7 @@ def accuracy(model_path: str) -> float:
     opts.log_severity_level = 3  # Keep CLI output to one line per model.
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     logits = sess.run([sess.get_outputs()[0].name], {sess.get_inputs()[0].name: x})[0]
-    return float((np.asarray(logits).argmax(axis=1) == y).mean())
+    return np.asarray(logits).argmax(axis=1) == y
 
 
 def main(argv: list[str] | None = None) -> int:

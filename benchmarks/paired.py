@@ -1,0 +1,87 @@
+"""How much a difference between two task scores on the same evaluation set can be trusted.
+
+The checks the benchmarks make (sequential >= independent >= data-free, within 2 points of float, auto beats
+3 bits everywhere) compare two models on the same lines, queries or files, and several of them are decided by one
+or two of several hundred. Every task's ``evaluate`` therefore also returns its metric per evaluation unit (a file,
+a query, a text line, a page, a clip) as ``units``: pairs (numerator, denominator) whose sums give the metric (an
+accuracy is (correct, 1) per sample; character accuracy (characters right, characters) per line; box F1
+(2 x matched, predicted + true boxes) per page; frame accuracy (frames right, frames) per clip, since the frames of
+one clip are not independent).
+
+Two rows of the same task are then compared unit by unit: a paired bootstrap over the units (both models resampled
+with the same draw) gives an interval for the difference, and the units each model gets better show where it comes
+from. The interval is a statement about the evaluation set, not about the calibration data or the quantization,
+which the bootstrap does not resample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BOOTSTRAP_ROUNDS", "Paired", "compare", "units"]
+
+BOOTSTRAP_ROUNDS = 4000
+LEVEL = 0.95
+SEED = 20261128  # fixed: the same rows give the same interval on every run
+
+
+def units(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray | float = 1.0) -> list[list[float]]:
+    """Per-unit (numerator, denominator) pairs, JSON-ready; ``den`` a scalar for one per unit."""
+    n = np.asarray(num, dtype=np.float64).ravel()
+    d = np.broadcast_to(np.asarray(den, dtype=np.float64), n.shape)
+    return [[float(a), float(b)] for a, b in zip(n, d, strict=True)]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``a`` against ``b``: the difference in points, its bootstrap interval, and the units each one wins."""
+
+    delta: float
+    low: float
+    high: float
+    better: int  # units where a scores higher than b
+    worse: int
+    n: int
+
+    @property
+    def clear(self) -> bool:
+        """The interval excludes zero: the evaluation set separates the two."""
+        return self.low > 0 or self.high < 0
+
+    def text(self) -> str:
+        return (
+            f"{self.delta:+.2f} [{self.low:+.2f}, {self.high:+.2f}], better on {self.better}, "
+            f"worse on {self.worse} of {self.n}"
+        )
+
+
+def _array(rows: Any) -> np.ndarray | None:
+    arr = np.asarray(rows, dtype=np.float64) if rows is not None else None
+    return arr if arr is not None and arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] > 0 else None
+
+
+def compare(a_units: Any, b_units: Any, rounds: int = BOOTSTRAP_ROUNDS) -> Paired | None:
+    """``a`` against ``b`` (each a row's ``units``) in points, or None where either lacks them or they differ in
+    length (rows from different evaluation sets or from before units were recorded). A unit's denominator may
+    differ between the two (box F1 counts each model's own predicted boxes)."""
+    a, b = _array(a_units), _array(b_units)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    n = a.shape[0]
+
+    def points(x: np.ndarray) -> np.ndarray:
+        return 100.0 * x[..., 0] / np.maximum(x[..., 1], 1e-300)
+
+    delta = float(points(a.sum(axis=0)) - points(b.sum(axis=0)))
+    draws = np.random.default_rng(SEED).integers(0, n, size=(rounds, n))
+    draws += (np.arange(rounds) * n)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=rounds * n).reshape(rounds, n).astype(np.float64)
+    boot = points(counts @ a) - points(counts @ b)
+    tail = 100.0 * (1.0 - LEVEL) / 2.0
+    low, high = (float(v) for v in np.percentile(boot, [tail, 100.0 - tail]))
+    sa, sb = a[:, 0] / np.maximum(a[:, 1], 1e-300), b[:, 0] / np.maximum(b[:, 1], 1e-300)
+    return Paired(delta, low, high, int(np.sum(sa > sb)), int(np.sum(sa < sb)), n)
