@@ -311,3 +311,44 @@ def test_a_thread_pool_that_changes_results_is_not_used(conv_model, rng, monkeyp
         ex.advance(2)
         seen.append([x.tobytes() for x in ex.inputs("r1", quant=True) + ex.inputs("r1", quant=False)])
     assert seen[0] == seen[1]
+
+
+def test_float_stream_stops_after_its_last_reader(conv_model, rng):
+    """Past ``float_until`` only the quantized stream runs (its activations freed); the report's float outputs
+    then come from one whole run of the float model."""
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    ex = StreamExecutor(m, feeds, quant_stream=True, float_until=2)
+    ex.advance(2)
+    assert ex.inputs("r1", quant=False)[0].shape == ex.inputs("r1", quant=True)[0].shape
+    ex.advance(5)
+    assert ex.float_env == []
+    ex.finish()
+    ref, out = ex.graph_outputs()
+    for f, r, o in zip(feeds, ref, out, strict=True):
+        assert np.allclose(r["y"], run(m, f)[0], atol=1e-5) and np.allclose(o["y"], r["y"], atol=1e-5)
+
+
+def test_layers_refitted_without_compensation_never_read_the_float_stream(conv_model, rng, monkeypatch):
+    """The MatMul head (compensation 0) is refitted from the quantized stream alone: the calibrated model is the
+    same bit for bit as with the float stream carried to the end, while it stops at the Gemm."""
+    from onnx_statq.calibrate import session
+
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    stops: list[int | None] = []
+    real = session.StreamExecutor
+
+    def spy(*args, **kwargs):
+        ex = real(*args, **kwargs)
+        stops.append(ex.float_until)
+        return ex
+
+    monkeypatch.setattr(session, "StreamExecutor", spy)
+    config = QuantConfig(bits=3, min_size=64)  # the 64x10 head too
+    short = quantize(m, config, calib=feeds, calib_mode="sequential")
+    monkeypatch.setattr(session, "_reads_float", lambda *a: True)
+    whole = quantize(m, config, calib=feeds, calib_mode="sequential")
+    ops = [n.op_type for n in m.graph.node]
+    assert stops == [ops.index("Gemm"), ops.index("MatMul")]  # the head reads the float stream only when forced
+    assert short.SerializeToString() == whole.SerializeToString()
