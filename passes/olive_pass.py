@@ -34,7 +34,7 @@ from onnx_statq.api import DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, make_ref
 __all__ = ["PASS_NAME", "OnnxStatqQuantization", "package_config"]
 
 PASS_NAME = "OnnxStatqQuantization"
-_QUANT_OPTIONS = ("bits", "method", "granularity", "min_size", "allocation", "avg_bits")
+_QUANT_OPTIONS = ("bits", "method", "granularity", "min_size", "allocation", "avg_bits", "jobs")
 
 
 class OnnxStatqQuantization(Pass):
@@ -54,6 +54,9 @@ class OnnxStatqQuantization(Pass):
             "min_size": PassConfigParam(type_=int, default_value=None, description="Skip smaller weights. [1024]"),
             "allocation": PassConfigParam(type_=str, default_value=None, description="auto (default) or fixed."),
             "avg_bits": PassConfigParam(type_=float, default_value=None, description="Average bits (auto allocation)."),
+            "jobs": PassConfigParam(
+                type_=int, default_value=None, description="Threads for the numerics (same output). [one per CPU, <= 8]"
+            ),
             "exclude": PassConfigParam(type_=list, default_value=None, description="Node names or op types to skip."),
             "config_file": PassConfigParam(
                 type_=str, default_value=None, category=ParamCategory.PATH, description="A .toml or .json QuantConfig."

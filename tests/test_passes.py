@@ -56,7 +56,7 @@ def test_olive_workflow_runs_the_statq_pass(conv_model, rng, tmp_path, monkeypat
         "input_model": {"type": "ONNXModel", "model_path": str(src)},
         "passes": {
             "peephole": {"type": "OnnxPeepholeOptimizer", "onnxoptimizer_optimize": False},
-            "statq": {"type": PASS_NAME, "bits": 6, "min_size": 100, "allocation": "fixed"},
+            "statq": {"type": PASS_NAME, "bits": 6, "min_size": 100, "allocation": "fixed", "jobs": 1},
         },
         "output_dir": str(tmp_path / "out"),
         "cache_dir": str(tmp_path / "cache"),
