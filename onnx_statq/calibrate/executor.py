@@ -182,12 +182,11 @@ class StreamExecutor:
         graph optimisation (as users run the model): its last bits may differ from the basic level's, which changes
         that figure in the last digits but not the calibrated weights. In independent mode this is a whole forward
         pass of the quantized model, about a third faster than at the basic level."""
-        if self.quant_stream and self.float_live(len(self.nodes)):
+        if self.quant_stream:
+            live = self.float_live(len(self.nodes))
             self.advance(len(self.nodes), report_only=True)
-            return
-        if self.quant_stream:  # the float stream stopped early: the float model's outputs from one whole run
-            self.advance(len(self.nodes), report_only=True)
-            self._float_outputs()
+            if not live:  # the float stream stopped early: the float model's outputs from one whole run
+                self._float_outputs()
             return
         self._whole(self.quant_env, quant=True)
         self.advance(len(self.nodes), report_only=True)
@@ -195,8 +194,7 @@ class StreamExecutor:
     def _float_outputs(self) -> None:
         """The float model's outputs on every feed, from one session on onnxruntime's thread pool at full graph
         optimisation: they feed only the report's model-output SQNR, never a weight, so the segments' single-thread
-        measurement and bit-for-bit check are not needed here (together they made this run cost 2-3 float passes
-        on MiniLM)."""
+        first run and bit-for-bit check (a second session and run) are not needed here."""
         sess = cpu_session(self.model)
         self.sessions += 1
         names = {i.name for i in sess.get_inputs()}
