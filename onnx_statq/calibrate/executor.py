@@ -192,21 +192,16 @@ class StreamExecutor:
         self.advance(len(self.nodes), report_only=True)
 
     def _float_outputs(self) -> None:
-        """The float model's outputs on every feed, from one session on onnxruntime's thread pool at full graph
-        optimisation: they feed only the report's model-output SQNR, never a weight, so the segments' single-thread
-        first run and bit-for-bit check (a second session and run) are not needed here."""
-        sess = cpu_session(self.model)
-        self.sessions += 1
-        names = {i.name for i in sess.get_inputs()}
-        self.float_env = []
-        for feed in self.feeds:
-            values = sess.run(self.outputs, {k: v for k, v in feed.items() if k in names})
-            self.float_env.append(dict(zip(self.outputs, values, strict=True)))
+        """The float model's outputs on every feed, from one whole run."""
+        self.float_env = [dict(f) for f in self.feeds]
+        self._whole(self.float_env, quant=False)
 
     def _whole(self, envs: list[dict[str, np.ndarray]], quant: bool) -> None:
-        """Run every node on ``envs`` from the feeds, at full graph optimisation (only the report reads it)."""
+        """Run every node on ``envs`` from the feeds, at full graph optimisation on onnxruntime's thread pool: what
+        it computes feeds only the report's model-output SQNR, never a weight, so the segments' single-thread first
+        run and bit-for-bit check of the pool (a second session and run) are not needed here."""
         start, self.pos = self.pos, 0
-        self._run(self.nodes, envs, quant, len(self.nodes), full_opt=True)
+        self._run(self.nodes, envs, quant, len(self.nodes), full_opt=True, threaded=True)
         self.pos = start
 
     def _segment(
