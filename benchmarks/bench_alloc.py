@@ -491,7 +491,7 @@ class Results:
         self.data["verdicts"] = verdicts(self.data)
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(_json_safe(self.data), indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(paired.dumps(_json_safe(self.data), indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
 
 

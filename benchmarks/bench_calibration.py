@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import math
 import os
 import statistics
@@ -634,7 +633,7 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
         "summary": summary(rows, options["bits"]),
         "rows": rows,
     }
-    texts = ((".json", json.dumps(_json_safe(payload), indent=2) + "\n"), (".md", markdown(rows, machine, args)))
+    texts = ((".json", paired.dumps(_json_safe(payload), indent=2) + "\n"), (".md", markdown(rows, machine, args)))
     for suffix, text in texts:
         path = RESULTS_DIR / (args.out + suffix)
         tmp = path.with_name(path.name + ".tmp")

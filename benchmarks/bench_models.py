@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -383,7 +382,10 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
         "rows": rows,
         "options": getattr(args, "first_options", None) or options,
     }
-    for suffix, text in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", markdown(rows, machine, args.limit))):
+    for suffix, text in (
+        (".json", paired.dumps(payload, indent=2) + "\n"),
+        (".md", markdown(rows, machine, args.limit)),
+    ):
         path = RESULTS_DIR / (args.out + suffix)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

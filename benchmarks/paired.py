@@ -16,24 +16,42 @@ which the bootstrap does not resample.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP_ROUNDS", "Paired", "compare", "units"]
+__all__ = ["BOOTSTRAP_ROUNDS", "Paired", "compare", "dumps", "units"]
 
 BOOTSTRAP_ROUNDS = 4000
 LEVEL = 0.95
 SEED = 20261128  # fixed: the same rows give the same interval on every run
 
 
-def units(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray | float = 1.0) -> list[list[float]]:
-    """Per-unit (numerator, denominator) pairs, JSON-ready; ``den`` a scalar for one per unit."""
+def units(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray | float = 1.0) -> dict[str, list[float]]:
+    """Per-unit numerators and denominators, JSON-ready (whole numbers as ints); ``den`` a scalar for one per unit."""
     n = np.asarray(num, dtype=np.float64).ravel()
     d = np.broadcast_to(np.asarray(den, dtype=np.float64), n.shape)
-    return [[float(a), float(b)] for a, b in zip(n, d, strict=True)]
+    return {"num": [_compact(v) for v in n], "den": [_compact(v) for v in d]}
+
+
+def _compact(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+# a list of plain numbers as json.dumps(indent=...) lays it out, one per line (strings never hold a newline)
+_NUMBER_LIST = re.compile(rf"\[\n\s*({_NUMBER}(?:,\n\s*{_NUMBER})*)\n\s*\]")
+
+
+def dumps(data: Any, indent: int = 2) -> str:
+    """``json.dumps`` with every list of plain numbers on one line: a results file holds a row's units (up to a few
+    thousand numbers) without a line for each."""
+    text = json.dumps(data, indent=indent)
+    return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
 
 
 @dataclass(frozen=True)
@@ -60,8 +78,11 @@ class Paired:
 
 
 def _array(rows: Any) -> np.ndarray | None:
-    arr = np.asarray(rows, dtype=np.float64) if rows is not None else None
-    return arr if arr is not None and arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] > 0 else None
+    """``[n, 2]`` (numerator, denominator) from a row's ``units``; None when missing or empty."""
+    if not isinstance(rows, dict) or "num" not in rows or "den" not in rows:
+        return None
+    arr = np.stack([np.asarray(rows["num"], np.float64), np.asarray(rows["den"], np.float64)], axis=1)
+    return arr if arr.ndim == 2 and arr.shape[0] > 0 else None
 
 
 def compare(a_units: Any, b_units: Any, rounds: int = BOOTSTRAP_ROUNDS) -> Paired | None:

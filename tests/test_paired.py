@@ -88,3 +88,12 @@ def test_checks_without_units_still_run() -> None:
     rows = [_row(s, v, None) for s, v in (("data-free/3", 0.5), ("indep/3", 0.6), ("seq/3", 0.7))]
     check = _ordering_check("t", 3, *rows)
     assert check["status"] == "PASS" and check["noise"] == "-"
+
+
+def test_results_files_keep_units_on_one_line_each() -> None:
+    import json
+
+    data = {"units": paired.units([1, 0, 0.5], [1, 1, 2]), "note": "a [1,\\n 2] string", "nested": [[1, 2], []]}
+    text = paired.dumps(data)
+    assert json.loads(text) == data
+    assert '"num": [1, 0, 0.5]' in text and '"den": [1, 1, 2]' in text
