@@ -3,10 +3,10 @@
 The checks the benchmarks make (sequential >= independent >= data-free, within 2 points of float, auto beats
 3 bits everywhere) compare two models on the same lines, queries or files, and several of them are decided by one
 or two of several hundred. Every task's ``evaluate`` therefore also returns its metric per evaluation unit (a file,
-a query, a text line, a page, a clip) as ``units``: pairs (numerator, denominator) whose sums give the metric (an
-accuracy is (correct, 1) per sample; character accuracy (characters right, characters) per line; box F1
-(2 x matched, predicted + true boxes) per page; frame accuracy (frames right, frames) per clip, since the frames of
-one clip are not independent).
+a query, a text line, a page, a clip) as ``units``: a numerator and a denominator per unit (``{"num": [...],
+"den": [...]}``) whose sums give the metric (an accuracy is (correct, 1) per sample; character accuracy
+(characters right, characters) per line; box F1 (2 x matched, predicted + true boxes) per page; frame accuracy
+(frames right, frames) per clip, since the frames of one clip are not independent).
 
 Two rows of the same task are then compared unit by unit: a paired bootstrap over the units (both models resampled
 with the same draw) gives an interval for the difference, and the units each model gets better show where it comes
