@@ -97,3 +97,21 @@ def test_results_files_keep_units_on_one_line_each() -> None:
     text = paired.dumps(data)
     assert json.loads(text) == data
     assert '"num": [1, 0, 0.5]' in text and '"den": [1, 1, 2]' in text
+
+
+def test_acceptance_quotes_the_interval_of_the_loss() -> None:
+    from benchmarks.bench_models import ACCEPT_BITS, ACCEPT_GRANULARITY, ACCEPT_METHOD, Variant, acceptance
+
+    label = Variant(ACCEPT_METHOD, ACCEPT_GRANULARITY, ACCEPT_BITS).label
+    right = np.ones(400, dtype=bool)
+    lost = right.copy()
+    lost[:8] = False  # 2 points lost, decided by 8 of 400 files
+    rows = [
+        {"task": "magika", "variant": "float", "metric": "accuracy", "value": 1.0, "units": paired.units(right)},
+        {"task": "magika", "variant": label, "metric": "accuracy", "value": 0.98, "units": paired.units(lost)},
+    ]
+    rows[1].update(delta_points=-2.0, file_ratio=7.0)
+    (check,) = acceptance(rows, None)
+    assert check["status"] == "FAIL" and check["loss_points"] == 2.0
+    low, high = check["loss_interval"]
+    assert 0.0 < low < 2.0 < high  # float minus quantized: clearly a loss, its size not pinned to the bar
