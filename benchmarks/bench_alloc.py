@@ -907,7 +907,7 @@ def avg3_tables(data: dict[str, Any]) -> list[str]:
                     f"{c['auto']:.4f}",
                     f"{c['uniform']:.4f}",
                     f"{c['delta_points']:+.2f}",
-                    "-" if c.get("interval") is None else f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]",
+                    paired.band(c.get("interval")),
                     "-" if c.get("better_worse") is None else f"{c['better_worse'][0]} / {c['better_worse'][1]}",
                     f"{c['auto_ratio']:.2f} / {c['uniform_ratio']:.2f}",
                     f"**{c['result']}**",
@@ -975,7 +975,7 @@ def markdown_lines(data: dict[str, Any]) -> list[str]:
         cells = [
             f"{c['task']} {'calibrated' if c['calibrated'] else 'data-free'} {c['result']} ({c['delta_points']:+.2f}"
             + (f", {c['samples']:+d} of {c['n']}" if c.get("samples") is not None else "")
-            + (f", 95% interval [{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]" if c.get("interval") else "")
+            + (f", 95% interval {paired.band(c['interval'])}" if c.get("interval") else "")
             + ")"
             for c in v["auto_vs_uniform"]
         ]

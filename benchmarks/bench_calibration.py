@@ -648,8 +648,9 @@ def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], ma
         ctx, ref = prepare_task(task, samples_for(task, args.samples), limit)
     except Exception as exc:  # a missing model or dataset must not hide the other tasks' numbers
         print_header(task, None)
-        keep(sink, error_row(task, None, exc), machine, args)
-        print_row(error_row(task, None, exc))
+        row = error_row(task, None, exc)
+        keep(sink, row, machine, args)
+        print_row(row)
         write_results(sink, machine, args)
         return
     print_header(task, ctx)

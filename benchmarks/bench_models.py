@@ -362,10 +362,9 @@ def _acceptance_md(checks: list[dict[str, Any]]) -> list[str]:
         if "reason" in c:
             lines.append(f"| {c['task']} | | | | | | | FAIL ({c['reason'][:80]}) |")
             continue
-        band = c.get("loss_interval")
-        interval = "-" if band is None else f"[{band[0]:+.2f}, {band[1]:+.2f}]"
         lines.append(
-            f"| {c['task']} | {c['metric']} | {c['loss_points']:.2f} | {interval} | <= {c['max_loss_points']:g} | "
+            f"| {c['task']} | {c['metric']} | {c['loss_points']:.2f} | {paired.band(c.get('loss_interval'))} | "
+            f"<= {c['max_loss_points']:g} | "
             f"{c['file_ratio']:.2f}x | >= {c['min_file_ratio']:g}x | **{c['status']}** |"
         )
     return lines

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP_ROUNDS", "Paired", "compare", "dumps", "units"]
+__all__ = ["BOOTSTRAP_ROUNDS", "Paired", "band", "compare", "dumps", "units"]
 
 BOOTSTRAP_ROUNDS = 4000
 LEVEL = 0.95
@@ -54,6 +54,11 @@ def dumps(data: Any, indent: int = 2) -> str:
     return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
 
 
+def band(interval: Sequence[float] | None) -> str:
+    """``[low, high]`` in signed points as every results table prints it; ``-`` where there is none."""
+    return "-" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 @dataclass(frozen=True)
 class Paired:
     """``a`` against ``b``: the difference in points, its bootstrap interval, and the units each one wins."""
@@ -72,7 +77,7 @@ class Paired:
 
     def text(self) -> str:
         return (
-            f"{self.delta:+.2f} [{self.low:+.2f}, {self.high:+.2f}], better on {self.better}, "
+            f"{self.delta:+.2f} {band((self.low, self.high))}, better on {self.better}, "
             f"worse on {self.worse} of {self.n}"
         )
 

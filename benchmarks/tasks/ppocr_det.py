@@ -229,22 +229,17 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     """Box F1 at IoU >= 0.5 over the evaluation pages, with precision, recall and mean matched IoU."""
     pages, inputs, truths = (x[:limit] for x in _eval_pages())
     preds = predict(model_path, list(inputs), [p.shape[:2] for p in pages])
-    ious: list[float] = []
-    n_pred = n_true = 0
-    per_page = []
-    for pred, truth in zip(preds, truths, strict=True):
-        matched = match(pred, truth.astype(np.float64))
-        ious += matched
-        n_pred += len(pred)
-        n_true += len(truth)
-        per_page.append((2 * len(matched), len(pred) + len(truth)))
+    matched = [match(pred, truth.astype(np.float64)) for pred, truth in zip(preds, truths, strict=True)]
+    ious = [iou for page in matched for iou in page]
+    n_pred, n_true = sum(map(len, preds)), sum(map(len, truths))
     precision = len(ious) / n_pred if n_pred else 0.0
     recall = len(ious) / n_true if n_true else 0.0
     f1 = 2 * len(ious) / (n_pred + n_true) if n_pred + n_true else 0.0
     return {
         "metric": "box_f1@0.5",
         "value": f1,
-        "units": units(*zip(*per_page, strict=True)) if per_page else [],
+        # per page: F1 is 2 x matched over predicted + true boxes, summed over pages
+        "units": units([2 * len(m) for m in matched], [len(p) + len(t) for p, t in zip(preds, truths, strict=True)]),
         "precision": precision,
         "recall": recall,
         "mean_iou": float(np.mean(ious)) if ious else 0.0,
