@@ -30,6 +30,7 @@ class LayerRecord:
     output_sqnr_datafree_db: float | None = None
     output_sqnr_calibrated_db: float | None = None
     predicted_rel_error: float | None = None  # from the statistics alone (codebook.predict), before any fit
+    decode: str = "whole"  # "rows": a Gather table, only the rows each lookup selects decoded (graph.rows)
 
     @property
     def sqnr_db(self) -> float:

@@ -14,6 +14,9 @@ or float tensor that is not needed:
 - a per-channel codebook gathers from the flattened levels at ``channel * K + index``; the indices are packed in the
   weight's own order, so the Gather's output already has the weight's shape (no Reshape or Transpose of floats).
 
+A table read only by Gather lookups (an embedding) is not decoded here at all but after each lookup, row by row
+(:mod:`.rows`), so that neither the fold nor a run ever holds the whole float table.
+
 Only ops that onnxruntime's CPU provider implements at the model's opset, from opset 7: Cast, Div, Mul, Sub, Add,
 Reshape, Concat, Gather; Mod from 10 and Range from 11 (older opsets store the small tables as constants instead).
 The decoded tensor equals ``EncodedTensor.decoded()`` bit for bit.
@@ -30,12 +33,12 @@ from ..codebook import EncodedTensor, Representation, pack
 from ..codebook.packing import PackedIndices, Plane
 from .tables import INT32, UINT8, Builder, ByteTables
 
-__all__ = ["MIN_OPSET", "emit_decode"]
+__all__ = ["MIN_OPSET", "UINT8_ADD_OPSET", "emit_decode", "levels_const"]
 
 MIN_OPSET = 7
 _ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.int32): 6}
 _GATHER_ELEMENTS_OPSET = 11  # GatherElements; below it a per-channel decode adds channel offsets and Gathers
-_UINT8_ADD_OPSET = 14  # Add on uint8; below it indices split over several planes are summed in int32
+UINT8_ADD_OPSET = 14  # Add on uint8; below it indices split over several planes are summed in int32
 
 
 def _bytes_i32(b: Builder, k: int, p: Plane) -> gs.Variable:
@@ -60,7 +63,7 @@ def _indices(b: Builder, t: ByteTables, packed: PackedIndices, shape: tuple[int,
     """
     if len(packed.planes) == 1 and packed.planes[0].width == 8:  # whole bytes: stored in the weight's shape
         return b.op("Cast", [b.const("plane0", packed.planes[0].data.reshape(shape))], {"to": INT32})
-    to = INT32 if len(packed.planes) > 1 and b.opset < _UINT8_ADD_OPSET else UINT8
+    to = INT32 if len(packed.planes) > 1 and b.opset < UINT8_ADD_OPSET else UINT8
     parts = [_plane_indices(b, t, k, p, to) for k, p in enumerate(packed.planes)]
     if len(parts) > 1 or packed.tail.size:  # planes differ in shape: add them flat (one plane goes to shape at once)
         parts = [b.op("Reshape", [part, t.flat()]) for part in parts]
@@ -77,7 +80,7 @@ def _indices(b: Builder, t: ByteTables, packed: PackedIndices, shape: tuple[int,
     return idx if to == INT32 else b.op("Cast", [idx], {"to": INT32})
 
 
-def _levels(b: Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "flat") -> gs.Tensor:
+def levels_const(b: Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = "flat") -> gs.Tensor:
     """The levels in ``dtype``, stored in the codebook's level type: ``flat`` ``[G * K]``, ``rows`` ``[G, K]`` or
     ``columns`` ``[K, G]`` (the layouts GatherElements needs for a channel axis first or last)."""
     assert enc.codebook is not None
@@ -141,7 +144,7 @@ def _emit(b: Builder, t: ByteTables, enc: EncodedTensor, target: gs.Variable, dt
     assert enc.codebook is not None and enc.indices is not None
     cb = enc.codebook
     if enc.representation == Representation.TENSOR:
-        levels = _levels(b, enc, dtype)
+        levels = levels_const(b, enc, dtype)
         packed = pack(enc.indices.ravel(), cb.bits)
         one = packed.planes[0] if len(packed.planes) == 1 else None
         if one is not None and one.width < 8 and not packed.tail.size and cb.k >= 1 << one.width:
@@ -155,12 +158,12 @@ def _emit(b: Builder, t: ByteTables, enc: EncodedTensor, target: gs.Variable, dt
     packed = pack(natural.ravel(), cb.bits)
     if b.opset >= _GATHER_ELEMENTS_OPSET and len(enc.shape) == 2:
         # GatherElements picks each element's level in its own channel with no offset tensor (one int32 copy less)
-        levels = _levels(b, enc, dtype, "rows" if enc.axis == 0 else "columns")
+        levels = levels_const(b, enc, dtype, "rows" if enc.axis == 0 else "columns")
         gather_axis = 1 - enc.axis
         b.op("GatherElements", [levels, _indices(b, t, packed, enc.shape)], {"axis": gather_axis}, out=target)
         return
     key = b.op("Add", [_indices(b, t, packed, enc.shape), _channel_offsets(b, enc)])
-    b.op("Gather", [_levels(b, enc, dtype), key], {"axis": 0}, out=target)
+    b.op("Gather", [levels_const(b, enc, dtype), key], {"axis": 0}, out=target)
 
 
 def _moved(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:

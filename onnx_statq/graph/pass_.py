@@ -35,6 +35,7 @@ from .model_io import (
     import_graph,
     namer,
 )
+from .rows import decode_after_lookup, row_lookup_reason
 from .tables import SharedTables
 from .weights import Weight, admit, find_weights, nothing_message
 
@@ -305,10 +306,13 @@ class StatqPass:
             report.skipped.append(SkipRecord(w.tensor.name, kept, values.size))
             return
         home = w.home
-        target = self._detach(w)
         prefix = f"statq{len(report.layers)}"
-        nodes = emit_decode(enc, target, values.dtype, opset, fresh, prefix, tables.of(home))
-        home.nodes[0:0] = nodes
+        after_lookup = row_lookup_reason(w, enc) is None
+        if after_lookup:  # an embedding table: only the rows each lookup selects are decoded, at run time
+            decode_after_lookup(w, enc, values.dtype, opset, fresh, prefix, tables.of(home))
+        else:
+            nodes = emit_decode(enc, self._detach(w), values.dtype, opset, fresh, prefix, tables.of(home))
+            home.nodes[0:0] = nodes
         if outcome is not None and outcome.bias_delta is not None:
             add_bias(w.uses[0].node, w.uses[0].graph, outcome.bias_delta, fresh)
         report.layers.append(
@@ -327,6 +331,7 @@ class StatqPass:
                 calibration=outcome.note if outcome else "",
                 output_sqnr_datafree_db=outcome.sqnr_before_db if outcome else None,
                 output_sqnr_calibrated_db=outcome.sqnr_after_db if outcome else None,
+                decode="rows" if after_lookup else "whole",
             )
         )
 

@@ -92,6 +92,14 @@ class ByteTables:
             self._made[key] = made
         return self._made[key]
 
+    def by_byte(self, width: int, shift: int = 0, to: int = INT32) -> gs.Tensor:
+        """``[256, 8 // width]``: :meth:`fields` transposed, for rows packed by :func:`pack_rows`, whose gathered
+        bytes then unpack in element order. One Transpose of the small table per variant and graph."""
+        key = (-width, shift, to)
+        if key not in self._made:
+            self._made[key] = self._b.op("Transpose", [self.fields(width, shift, to)], {"perm": [1, 0]})
+        return self._made[key]
+
     def flat(self) -> gs.Constant:
         """The int64 shape ``[-1]`` that flattens each plane's indices before they are added: one per graph."""
         if self._flat is None:
