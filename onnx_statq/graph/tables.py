@@ -70,6 +70,7 @@ class ByteTables:
     def __init__(self, fresh: Callable[[str], str], opset: int, prefix: str = "statqt") -> None:
         self._b = Builder(prefix, fresh, opset)
         self._made: dict[tuple[int, int, int], gs.Tensor] = {}
+        self._by_byte: dict[tuple[int, int, int], gs.Tensor] = {}
         self._scalars: dict[int, gs.Constant] = {}
         self._values: gs.Tensor | None = None
         self._flat: gs.Constant | None = None
@@ -95,10 +96,10 @@ class ByteTables:
     def by_byte(self, width: int, shift: int = 0, to: int = INT32) -> gs.Tensor:
         """``[256, 8 // width]``: :meth:`fields` transposed, for rows packed by :func:`pack_rows`, whose gathered
         bytes then unpack in element order. One Transpose of the small table per variant and graph."""
-        key = (-width, shift, to)
-        if key not in self._made:
-            self._made[key] = self._b.op("Transpose", [self.fields(width, shift, to)], {"perm": [1, 0]})
-        return self._made[key]
+        key = (width, shift, to)
+        if key not in self._by_byte:
+            self._by_byte[key] = self._b.op("Transpose", [self.fields(width, shift, to)], {"perm": [1, 0]})
+        return self._by_byte[key]
 
     def flat(self) -> gs.Constant:
         """The int64 shape ``[-1]`` that flattens each plane's indices before they are added: one per graph."""
