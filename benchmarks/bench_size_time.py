@@ -13,7 +13,9 @@ PP-OCRv6 rec, MiniLM) and 8, 4, 3 and 2 bits with default options, this measures
   alike) on the same random input. The decode subgraph only reads initializers, so onnxruntime's constant folding
   should evaluate it once when the session is created: the latency ratio should be ~1.0, with any cost showing up in
   session creation instead. As direct evidence, the node count of onnxruntime's optimized graph is compared with the
-  float model's (equal when every decode was folded away).
+  float model's (equal when every decode was folded away). An embedding table is the exception by design: its
+  decode follows the lookup (``onnx_statq.graph.rows``), so it stays in the graph and runs on the looked-up rows
+  (MiniLM: "folded" no), and what that costs shows in the latency ratio.
 
 Inputs come from ``onnx_statq.verify.random_feeds`` (symbolic dims = 2): a small input makes any per-run decode cost
 stand out rather than hide behind the model's own compute (MiniLM's ``token_type_ids`` are zeroed, see
