@@ -56,7 +56,7 @@ TENSOR_GRID = {
     "SKETCH_TAIL": (0.125, 0.25, 0.5),
     "SMALL_STEPS": (4, 8, 16, 48),
 }
-ROW_GRID = {"SKETCH_ROWS": (16, 32, 64), "ROW_STEPS": (0, 2, 4, 8)}
+ROW_GRID = {"SKETCH_ROWS": (16, 24, 32, 64), "ROW_STEPS": (0, 2, 3, 4, 8)}
 
 
 def tensor_cost(k: dict[str, Any]) -> tuple[float, ...]:
@@ -65,7 +65,8 @@ def tensor_cost(k: dict[str, Any]) -> tuple[float, ...]:
 
 
 def row_cost(k: dict[str, Any]) -> tuple[float, ...]:
-    return (k["SKETCH_ROWS"] * (2 * k["ROW_STEPS"] + 2),)  # binary searches: two runs of steps and their spreads
+    # binary searches: one run of steps and its spread (the equal-count start runs on short rows only)
+    return (k["SKETCH_ROWS"] * (k["ROW_STEPS"] + 1),)
 
 
 def _ggd(rng: np.random.Generator, beta: float, size: tuple[int, ...]) -> np.ndarray:

@@ -73,14 +73,13 @@ def sketch_curve(channels: np.ndarray, bits: range | list[int], flat: np.ndarray
     span = hi - lo
     if not span > 0:
         return dict.fromkeys(bits, 0.0)
-    start = density_starts(counts, edges, ks)
     # everything from here on in units of the sample's range, so that every K's levels share one sorted key space
     runs = CodebookRuns((pts - lo) / span, w, [np.array([k]) for k in ks])
     if x.size > SKETCH_SAMPLE:  # sigma places from its own subsample of the tensor: so do we (see _placed)
         levels = (_placed(x.reshape(1, -1) if flat is None else flat, ks, extremes) - lo) / span
     else:
         steps = SMALL_STEPS if small else SKETCH_STEPS
-        levels = runs.lloyd((start - lo) / span, steps)
+        levels = runs.lloyd((density_starts(counts, edges, ks) - lo) / span, steps)
         if small:
             levels = runs.better(levels, runs.lloyd(runs.equal_count(), steps))
     levels = runs.means(levels)  # as fit ends: each level the mean of its weights
@@ -96,12 +95,15 @@ def _placed(x: np.ndarray, ks: list[int], extremes: tuple[np.ndarray, float, flo
     more levels, and a placement on all the weights over-predicted the per-channel error by 10-20% at 5-8 bits.
     ``extremes``: the evaluation sample's exact tails, which usually hold sigma's."""
 
+    row = x[0]
+    step = -(-row.size // SKETCH_SAMPLE)
+    sub = np.ascontiguousarray(row[::step])  # both sketches' subsample, taken once
     out: dict[int, np.ndarray] = {}
     for tails in (False, True):
         group = [k for k in ks if (k >= TAIL_MIN_K) == tails]
         if not group:
             continue
-        counts, centers, edges = _subsample_sketch(x, tails, extremes)
+        counts, centers, edges = _subsample_sketch(row, sub, step, tails, extremes)
         used = counts > 0
         pts, w = centers[used], counts[used]
         lo, span = float(pts[0]), float(pts[-1] - pts[0]) or 1.0
@@ -113,43 +115,61 @@ def _placed(x: np.ndarray, ks: list[int], extremes: tuple[np.ndarray, float, flo
 
 
 def _subsample_sketch(
-    x: np.ndarray, tails: bool, extremes: tuple[np.ndarray, float, float] | None
+    row: np.ndarray, sub: np.ndarray, step: int, tails: bool, extremes: tuple[np.ndarray, float, float] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts, bin means and bin edges of the sketch sigma builds of the ``[1, n]`` tensor ``x`` (longer than
-    ``SKETCH_SAMPLE``): the same subsample (a thinner one lost 2-5 points of layer-widths within ±15%).
+    """Counts, bin means and bin edges of the sketch sigma builds of the tensor ``row`` (longer than
+    ``SKETCH_SAMPLE``) from its subsample ``sub`` (every ``step``-th weight): the same subsample (a thinner one lost
+    2-5 points of layer-widths within ±15%).
 
     With ``tails``, every weight beyond the deviation sigma's subsample has ``SKETCH_TAIL`` weights past is in it
     exactly (as :func:`~onnx_statq.codebook.sketch.tail_complete` makes it), taken from ``extremes`` (values, mean,
     threshold: every weight of the tensor deviating more than the threshold) when those hold them all, else from
-    one pass over the tensor. The grid is :func:`~onnx_statq.codebook.sketch.bin_rows`'s.
+    one pass over the tensor. Each subsampled weight stands for ``step``: the sums are scaled, not weighted.
     """
-
-    row = x[0]
-    step = -(-row.size // SKETCH_SAMPLE)
-    vals = row[::step].astype(np.float64)
-    weights = np.full(vals.size, float(step))
+    vals, far, dropped = sub, np.empty(0, sub.dtype), np.empty(0, np.int64)
     if tails:
-        mu = float(vals.mean())
-        dev = np.abs(vals - mu)
+        mu = float(sub.mean(dtype=np.float64))
+        dev = np.abs(sub - np.float64(mu))  # in float64, as tail_complete compares them
         thr = float(np.partition(dev, dev.size - FIT_TAIL)[dev.size - FIT_TAIL])
         if extremes is not None and extremes[2] + abs(extremes[1] - mu) < thr:
-            far = extremes[0][np.abs(extremes[0] - mu) >= thr]
+            far = extremes[0][np.abs(extremes[0] - mu) >= thr].astype(sub.dtype)
         else:
-            far = row[np.abs(row - np.asarray(mu, row.dtype)) >= thr].astype(np.float64)
-        weights[dev >= thr] = 0.0
-        vals = np.concatenate([vals, far])
-        weights = np.concatenate([weights, np.ones(far.size)])
-    mean = float(vals.mean())
-    sd = float(vals.std()) or 1.0
-    u = np.arcsinh((vals - mean) / sd)
-    ulo, uhi = float(u.min()), float(u.max())
-    span = uhi - ulo if uhi > ulo else 1.0
-    b = np.minimum(((u - ulo) * (SKETCH_BINS / span)).astype(np.int64), SKETCH_BINS - 1)
-    counts = np.bincount(b, weights, SKETCH_BINS)
-    sums = np.bincount(b, weights * vals, SKETCH_BINS)
+            far = row[np.abs(row - np.asarray(mu, row.dtype)) >= thr].astype(sub.dtype)
+        vals = np.concatenate([sub, far])
+        dropped = np.flatnonzero(dev >= thr)  # the subsample's own values past thr: the tails are in exactly instead
+    b, mean, sd, ulo, span = _asinh_bins(vals)
+    b_sub, b_far = b[: sub.size], b[sub.size :]
+    b_sub[dropped] = SKETCH_BINS  # counted in a bin past the grid, cut off below
+    counts = np.bincount(b_sub, minlength=SKETCH_BINS + 1)[:SKETCH_BINS] * float(step)
+    sums = np.bincount(b_sub, sub, SKETCH_BINS + 1)[:SKETCH_BINS] * float(step)
+    if far.size:
+        counts += np.bincount(b_far, minlength=SKETCH_BINS)
+        sums += np.bincount(b_far, far, SKETCH_BINS)
     edges = mean + sd * np.sinh(ulo + span * np.linspace(0.0, 1.0, SKETCH_BINS + 1))
     centers = np.where(counts > 0, sums / np.maximum(counts, 1e-300), 0.5 * (edges[1:] + edges[:-1]))
     return counts, centers, edges
+
+
+def _asinh_bins(vals: np.ndarray) -> tuple[np.ndarray, float, float, float, float]:
+    """Each value's bin on sigma's fine grid (``SKETCH_BINS`` bins uniform in asinh of the standardised value), and
+    the grid: mean, deviation, asinh low end and span.
+
+    Computed as sigma's :func:`~onnx_statq.codebook.sketch.standardise` and ``bin_rows`` compute it (the asinh in
+    float32, the bins in float64), in place: these passes over a subsample of up to ``SKETCH_SAMPLE`` weights,
+    twice per tensor, are most of a prediction's cost on a tensor that long.
+    """
+    mean = float(vals.mean(dtype=np.float64))
+    u = np.subtract(vals, np.float32(mean), dtype=np.float32)
+    sd = float(np.sqrt(np.square(u).mean(dtype=np.float64))) or 1.0
+    u /= np.float32(sd)
+    np.arcsinh(u, out=u)
+    ulo, uhi = float(u.min()), float(u.max())
+    span = uhi - ulo if uhi > ulo else 1.0
+    t = np.subtract(u, ulo, dtype=np.float64)
+    t *= SKETCH_BINS / span
+    b = t.astype(np.int64)
+    np.minimum(b, SKETCH_BINS - 1, out=b)
+    return b, mean, sd, ulo, span
 
 
 _Sample = tuple[np.ndarray, np.ndarray | None, np.ndarray, float, float, tuple[np.ndarray, float, float] | None]
@@ -186,15 +206,18 @@ def _tensor_sample(x: np.ndarray) -> _Sample | None:
     dev = np.abs(core.astype(np.float64) - mu).ravel()
     t = int(min(max(8.0, SKETCH_TAIL * SKETCH_VALUES * dev.size / n), dev.size // 4))  # sample values past thr
     thr = float(np.partition(dev, dev.size - t - 1)[dev.size - t - 1])
-    found = np.nonzero((mem > mu + thr) | (mem < mu - thr))
+    # a flat search and divmod: np.nonzero of a 2-D mask took several times as long, for a few thousand hits
+    found = np.divmod(np.flatnonzero((mem > mu + thr) | (mem < mu - thr)), mem.shape[1])
     rows, cols = found[::-1] if flip else found
-    tail = np.zeros(c, dtype=bool)
-    tail[rows] = True
-    extra = np.flatnonzero(tail)
-    extra = extra[np.isin(extra, kept, invert=True)]
+    tail, strided = np.zeros(c, dtype=bool), np.zeros(c, dtype=bool)
+    tail[rows], strided[kept] = True, True
+    extra = np.flatnonzero(tail & ~strided)
     chans = np.concatenate([kept, extra])
-    sampled = np.concatenate([core, x[extra, ::step]]) if extra.size else core
-    core_mask = np.abs(sampled.astype(np.float64) - mu) <= thr  # the tails are counted exactly, below
+    sampled, core_mask = core, dev.reshape(core.shape) <= thr  # the tails are counted exactly, below
+    if extra.size:
+        more = x[extra, ::step]
+        sampled = np.concatenate([core, more])
+        core_mask = np.concatenate([core_mask, np.abs(more.astype(np.float64) - mu) <= thr])
     # each sampled core weight stands for its channel's other core weights; a channel without tails sketched among
     # the strided ones stands for every such channel (its weight in the mean), a tail channel for itself
     stands = (m - np.bincount(rows, minlength=c)[chans]) / np.maximum(core_mask.sum(axis=1), 1)

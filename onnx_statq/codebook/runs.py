@@ -44,32 +44,38 @@ class CodebookRuns:
         self.start = self.row * self.m
         # one binary search gives every bound: per segment, its row's start, the K-1 midpoints, its row's end
         self.lo_slot = np.arange(off[-1]) + seg
+        self.hi_slot = self.lo_slot + 1
         inner = np.ones(off[-1], dtype=bool)
         inner[self.first] = False
         self.inner = np.flatnonzero(inner)  # levels with a midpoint below them
         self.inner_slot = self.lo_slot[self.inner]
+        self.pair = self.inner - 1  # each inner level's pair (level below, level) among all adjacent pairs
         self.slots = np.empty(off[-1] + per.size)
         self.slots[self.lo_slot[self.first]] = 2.0 * self.row - 0.5
         self.slots[self.lo_slot[self.last] + 1] = 2.0 * self.row + 1.5
         self.inner_offset = self.offset[self.inner]
 
     def _search(self, levels: np.ndarray) -> np.ndarray:
-        mid = levels[self.inner] + levels[self.inner - 1]
+        # a step is a few dozen numpy calls on small arrays, run up to SKETCH_STEPS times per prediction: each call
+        # saved counts (every adjacent pair summed at once, then the inner ones picked; one row needs no offset)
+        mid = (levels[1:] + levels[:-1])[self.pair]
         mid *= 0.5
-        mid += self.inner_offset
+        if self.r > 1:
+            mid += self.inner_offset
         self.slots[self.inner_slot] = mid
         return np.searchsorted(self.key, self.slots, side="right")
 
     def bounds(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         at = self._search(levels)
-        return at[self.lo_slot], at[self.lo_slot + 1]
+        return at[self.lo_slot], at[self.hi_slot]
 
     def _means(self, levels: np.ndarray, at: np.ndarray) -> np.ndarray:
-        lo, hi = at[self.lo_slot], at[self.lo_slot + 1]
-        cnt = self.cw[hi] - self.cw[lo]
+        # the prefix sums at every bound, then their differences over each level's run (bounds lo_slot, lo_slot + 1)
+        cw, cs = self.cw[at], self.cs[at]
+        cnt = (cw[1:] - cw[:-1])[self.lo_slot]
         full = cnt > 0
         out = levels.copy()
-        np.divide(self.cs[hi] - self.cs[lo], cnt, out=out, where=full)
+        np.divide((cs[1:] - cs[:-1])[self.lo_slot], cnt, out=out, where=full)
         if not full.all():  # an empty level keeps its value, which may now be out of order: make each codebook
             out += self.order_key  # non-decreasing
             np.maximum.accumulate(out, out=out)
@@ -83,7 +89,7 @@ class CodebookRuns:
         prev = None
         for _ in range(steps):
             at = self._search(levels)
-            if prev is not None and (at == prev).all():
+            if prev is not None and np.array_equal(at, prev):
                 break
             prev = at
             levels = self._means(levels, at)
