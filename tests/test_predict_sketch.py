@@ -159,3 +159,13 @@ def test_subsample_sketch_is_sigmas_own():
         assert np.allclose(centers, own[1][0], rtol=1e-12, atol=0) and np.array_equal(edges, own[2][0])
         again = predict_tensor._subsample_sketch(row, sub, step, tails, None)
         assert np.array_equal(counts, again[0]) and np.array_equal(centers, again[1])
+
+
+def test_long_tensor_with_a_weight_whose_square_overflows_float32():
+    # sigma's sketch falls back to float64 when float32 squares overflow (a corrupted weight); the predictor builds
+    # the same sketch through the same function, so its curve stays finite (it was NaN at 7-8 bits with its own copy)
+    w = np.random.default_rng(11).standard_normal((600, 600)).astype(np.float32)
+    w[3, 5] = 1e20
+    assert w.size > sketch_module.SKETCH_SAMPLE
+    curve = predict_curve(w.reshape(1, -1), range(2, 9), channels=w)
+    assert all(np.isfinite(v) and v >= 0 for v in curve.values())

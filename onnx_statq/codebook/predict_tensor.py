@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from .runs import CodebookRuns
-from .sketch import PLACEMENT_PER_BIN, SKETCH_BINS, SKETCH_SAMPLE, SKETCH_STEPS, TAIL_MIN_K, density_starts
+from .sketch import (
+    PLACEMENT_PER_BIN,
+    SKETCH_BINS,
+    SKETCH_SAMPLE,
+    SKETCH_STEPS,
+    TAIL_MIN_K,
+    asinh_grid,
+    bin_index,
+    density_starts,
+    grid_edges,
+)
 from .sketch import SKETCH_TAIL as FIT_TAIL
 
 __all__ = ["SKETCH_CHANNELS", "SKETCH_PER_CHANNEL", "SKETCH_TAIL", "SKETCH_VALUES", "SMALL_STEPS", "sketch_curve"]
@@ -137,7 +147,8 @@ def _subsample_sketch(
             far = row[np.abs(row - np.asarray(mu, row.dtype)) >= thr].astype(sub.dtype)
         vals = np.concatenate([sub, far])
         dropped = np.flatnonzero(dev >= thr)  # the subsample's own values past thr: the tails are in exactly instead
-    b, mean, sd, ulo, span = _asinh_bins(vals)
+    grid = asinh_grid(vals[None, :])  # sigma's own grid for these values (standardise's second half)
+    b = bin_index(grid, SKETCH_BINS)[0]
     b_sub, b_far = b[: sub.size], b[sub.size :]
     b_sub[dropped] = SKETCH_BINS  # counted in a bin past the grid, cut off below
     counts = np.bincount(b_sub, minlength=SKETCH_BINS + 1)[:SKETCH_BINS] * float(step)
@@ -145,31 +156,9 @@ def _subsample_sketch(
     if far.size:
         counts += np.bincount(b_far, minlength=SKETCH_BINS)
         sums += np.bincount(b_far, far, SKETCH_BINS)
-    edges = mean + sd * np.sinh(ulo + span * np.linspace(0.0, 1.0, SKETCH_BINS + 1))
+    edges = grid_edges(grid, SKETCH_BINS)[0]
     centers = np.where(counts > 0, sums / np.maximum(counts, 1e-300), 0.5 * (edges[1:] + edges[:-1]))
     return counts, centers, edges
-
-
-def _asinh_bins(vals: np.ndarray) -> tuple[np.ndarray, float, float, float, float]:
-    """Each value's bin on sigma's fine grid (``SKETCH_BINS`` bins uniform in asinh of the standardised value), and
-    the grid: mean, deviation, asinh low end and span.
-
-    Computed as sigma's :func:`~onnx_statq.codebook.sketch.standardise` and ``bin_rows`` compute it (the asinh in
-    float32, the bins in float64), in place: these passes over a subsample of up to ``SKETCH_SAMPLE`` weights,
-    twice per tensor, are most of a prediction's cost on a tensor that long.
-    """
-    mean = float(vals.mean(dtype=np.float64))
-    u = np.subtract(vals, np.float32(mean), dtype=np.float32)
-    sd = float(np.sqrt(np.square(u).mean(dtype=np.float64))) or 1.0
-    u /= np.float32(sd)
-    np.arcsinh(u, out=u)
-    ulo, uhi = float(u.min()), float(u.max())
-    span = uhi - ulo if uhi > ulo else 1.0
-    t = np.subtract(u, ulo, dtype=np.float64)
-    t *= SKETCH_BINS / span
-    b = t.astype(np.int64)
-    np.minimum(b, SKETCH_BINS - 1, out=b)
-    return b, mean, sd, ulo, span
 
 
 _Sample = tuple[np.ndarray, np.ndarray | None, np.ndarray, float, float, tuple[np.ndarray, float, float] | None]

@@ -21,8 +21,11 @@ __all__ = [
     "SKETCH_TAIL",
     "TAIL_MIN_K",
     "Standardised",
+    "asinh_grid",
+    "bin_index",
     "bin_rows",
     "density_starts",
+    "grid_edges",
     "standardise",
     "tail_complete",
 ]
@@ -84,16 +87,23 @@ def standardise(x: np.ndarray, exact_tails: bool = False) -> Standardised:
         x, weights = tail_complete(x)
     elif x.shape[1] > SKETCH_SAMPLE:
         x = x[:, :: -(-x.shape[1] // SKETCH_SAMPLE)]
-    xf = x.astype(np.float32)
+    return asinh_grid(x, weights)
+
+
+def asinh_grid(x: np.ndarray, weights: np.ndarray | None = None) -> Standardised:
+    """Rows ``x`` as they are sketched (``weights``: what each value stands for) in asinh of their standardised
+    value, in float32, with each row's range. The predictor (:mod:`.predict_tensor`) builds sigma's sketch of a
+    long tensor from its own sample and must land on the same grid, so both call this."""
+    xf = x if x.dtype == np.float32 else x.astype(np.float32)
     mu = xf.mean(axis=1, keepdims=True, dtype=np.float64)
+    u = np.subtract(xf, mu.astype(np.float32))
     with np.errstate(over="ignore", invalid="ignore"):
-        sd = np.sqrt(np.square(xf - mu.astype(np.float32)).mean(axis=1, keepdims=True, dtype=np.float64))
+        sd = np.sqrt(np.square(u).mean(axis=1, keepdims=True, dtype=np.float64))
     if not np.all(np.isfinite(sd)):  # float32 squares overflow past ~1e19 (a corrupted weight): use float64
-        xf = x
         sd = np.sqrt(np.square(x - mu).mean(axis=1, keepdims=True))
+        u = x - mu.astype(x.dtype)
     sd = np.where(sd > 0, sd, 1.0)
-    u = xf - mu.astype(xf.dtype)
-    u /= sd.astype(xf.dtype)
+    u /= sd.astype(u.dtype)
     np.arcsinh(u, out=u)
     ulo, uhi = u.min(axis=1, keepdims=True).astype(np.float64), u.max(axis=1, keepdims=True).astype(np.float64)
     span = np.where(uhi > ulo, uhi - ulo, 1.0)
@@ -101,6 +111,20 @@ def standardise(x: np.ndarray, exact_tails: bool = False) -> Standardised:
 
 
 BIN_BLOCK = 1 << 16  # weights binned at a time (whole rows): the temporaries stay in cache
+
+
+def bin_index(s: Standardised, bins: int, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    """int64 ``[r1 - r0, n]``: each value's bin of ``bins`` uniform in its row's asinh range, for rows r0:r1."""
+    t = np.subtract(s.u[r0:r1], s.ulo[r0:r1], dtype=np.float64)
+    t *= bins / s.span[r0:r1]
+    b = t.astype(np.int64)
+    np.clip(b, 0, bins - 1, out=b)
+    return b
+
+
+def grid_edges(s: Standardised, bins: int) -> np.ndarray:
+    """``[G, bins + 1]``: the bin edges of each row's grid, in value units."""
+    return s.mu + s.sd * np.sinh(s.ulo + s.span * np.linspace(0.0, 1.0, bins + 1)[None, :])
 
 
 def bin_rows(s: Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,14 +138,10 @@ def bin_rows(s: Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.nda
     """
     g, n = s.u.shape
     counts, sums = np.empty((g, bins)), np.empty((g, bins))
-    scale = bins / s.span
     rows = max(1, BIN_BLOCK // max(n, 1))
     for r0 in range(0, g, rows):
         r1 = min(g, r0 + rows)
-        t = np.subtract(s.u[r0:r1], s.ulo[r0:r1], dtype=np.float64)
-        t *= scale[r0:r1]
-        b = t.astype(np.int64)
-        np.clip(b, 0, bins - 1, out=b)
+        b = bin_index(s, bins, r0, r1)
         if r1 - r0 > 1:
             b += np.arange(r1 - r0)[:, None] * bins
         flat = b.ravel()
@@ -129,7 +149,7 @@ def bin_rows(s: Standardised, bins: int) -> tuple[np.ndarray, np.ndarray, np.nda
         wx = s.x[r0:r1] if s.weights is None else s.x[r0:r1] * s.weights[r0:r1]
         counts[r0:r1] = np.bincount(flat, weights=w, minlength=(r1 - r0) * bins).reshape(r1 - r0, bins)
         sums[r0:r1] = np.bincount(flat, weights=wx.ravel(), minlength=(r1 - r0) * bins).reshape(r1 - r0, bins)
-    edges = s.mu + s.sd * np.sinh(s.ulo + s.span * np.linspace(0.0, 1.0, bins + 1)[None, :])
+    edges = grid_edges(s, bins)
     centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5 * (edges[:, 1:] + edges[:, :-1]))
     return counts, centers, edges
 
