@@ -215,6 +215,34 @@ def test_weights_inside_and_outside_if_subgraphs(make_model, rng):
         assert sqnr(run(m, feeds)[0], run(q, feeds)[0]) > 25
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gather"])
+def test_weight_read_only_in_both_branches_of_an_if(make_model, rng, op):
+    """An initializer that only the two branches of an If read is decoded in the If's graph, which both see: in the
+    first branch's graph the other branch could not read it (the model failed the checker)."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    operand = "x" if op == "MatMul" else "ids"
+
+    def branch(name: str) -> onnx.GraphProto:
+        inputs = [operand, "w"] if op == "MatMul" else ["w", operand]
+        return helper.make_graph(
+            [helper.make_node(op, inputs, [name])], name, [], [helper.make_tensor_value_info(name, 1, [3, 64])]
+        )
+
+    kind = TensorProto.FLOAT if op == "MatMul" else TensorProto.INT64
+    x = helper.make_tensor_value_info(operand, kind, [3, 64] if op == "MatMul" else [3])
+    c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 64])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=branch("t"), else_branch=branch("e"), name="if")]
+    m = make_model(nodes, [x, c], [y], {"w": w})
+    result = StatqPass(QuantConfig(bits=6))(m)
+    assert [layer.name for layer in result.report.layers] == ["w"]
+    onnx.checker.check_model(result.model, full_check=True)
+    xv = rng.standard_normal((3, 64)).astype(np.float32) if op == "MatMul" else np.array([0, 7, 63])
+    for cond in (True, False):
+        feeds = {operand: xv, "cond": np.array(cond)}
+        assert sqnr(run(m, feeds)[0], run(result.model, feeds)[0]) > 25
+
+
 def test_lstm_and_gather_embedding(make_model, rng):
     emb = rng.standard_normal((200, 32)).astype(np.float32)
     wih = (rng.standard_normal((1, 128, 32)) * 0.2).astype(np.float32)

@@ -21,12 +21,14 @@ __all__ = [
     "constant_bytes",
     "constant_source",
     "default_opset",
+    "enclosing",
     "export_graph",
     "graphs",
     "import_graph",
     "is_float",
     "itemsize",
     "namer",
+    "parents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,32 @@ def graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
             for sub in subs:
                 if isinstance(sub, gs.Graph):
                     yield from graphs(sub)
+
+
+def parents(graph: gs.Graph) -> dict[int, gs.Graph]:
+    """Each subgraph of ``graph`` (by id) -> the graph whose node holds it."""
+    out: dict[int, gs.Graph] = {}
+    for g in graphs(graph):
+        for node in g.nodes:
+            for attr in node.attrs.values():
+                out.update(
+                    {id(sub): g for sub in (attr if isinstance(attr, list) else [attr]) if isinstance(sub, gs.Graph)}
+                )
+    return out
+
+
+def enclosing(parent: dict[int, gs.Graph], inner: list[gs.Graph]) -> gs.Graph:
+    """The innermost graph that is, or holds, every graph of ``inner`` (``parent``: from :func:`parents`): where a
+    value that all of them read can be defined. An If's two branches both see their If's graph, not each other."""
+
+    def chain(g: gs.Graph) -> list[gs.Graph]:
+        out = [g]
+        while id(out[-1]) in parent:
+            out.append(parent[id(out[-1])])
+        return out
+
+    common = set.intersection(*({id(c) for c in chain(g)} for g in inner))
+    return next(g for g in chain(inner[0]) if id(g) in common)
 
 
 def constant_source(t: gs.Tensor) -> gs.Node | None:

@@ -16,7 +16,7 @@ from ..config import QuantConfig, Resolved
 from ..lazy import deferred_values_of, values_of
 from ..report import Report, SkipRecord
 from .handlers import weight_slots
-from .model_io import FLOATS, constant_source, graphs, is_float
+from .model_io import FLOATS, constant_source, enclosing, graphs, is_float, parents
 
 __all__ = ["Use", "Weight", "admit", "find_weights", "nothing_message"]
 
@@ -39,6 +39,7 @@ class Weight:
     source: gs.Node | None  # the Constant node, if any
     source_graph: gs.Graph | None
     uses: list[Use] = field(default_factory=list)
+    scope: gs.Graph | None = None  # an initializer's: the innermost graph that holds every use (find_weights)
 
     def _stored(self) -> gs.Constant:
         """Where the values live: the Constant node's value, or the initializer itself."""
@@ -54,9 +55,9 @@ class Weight:
 
     @property
     def home(self) -> gs.Graph:
-        """The graph the decode goes into. A Constant node's decode stays in its graph; an initializer's goes to its
-        first user's graph, which is the outermost of its users because graphs() walks outer graphs first."""
-        return self.source_graph or self.uses[0].graph
+        """The graph the decode goes into. A Constant node's decode stays in its graph; an initializer's goes to the
+        innermost graph that holds all its users (for users in an If's two branches, the If's graph)."""
+        return self.source_graph or self.scope or self.uses[0].graph
 
     @property
     def matmul_only(self) -> bool:
@@ -88,6 +89,10 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                 shape = tuple(int(s) for s in w.values.shape)
                 settings = config.resolve(node.name or "", node.op)
                 w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
+    parent = parents(graph)
+    for w in found.values():
+        if w.source is None:
+            w.scope = enclosing(parent, [u.graph for u in w.uses])
     _report_other_constants(graph, found, report)
     return list(found.values())
 
