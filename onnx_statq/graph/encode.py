@@ -24,7 +24,7 @@ The decoded tensor equals ``EncodedTensor.decoded()`` bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -33,7 +33,7 @@ from ..codebook import EncodedTensor, Representation, pack
 from ..codebook.packing import PackedIndices, Plane
 from .tables import INT32, UINT8, Builder, ByteTables
 
-__all__ = ["MIN_OPSET", "UINT8_ADD_OPSET", "emit_decode", "levels_const"]
+__all__ = ["MIN_OPSET", "UINT8_ADD_OPSET", "emit_decode", "levels_const", "one_field_plane"]
 
 MIN_OPSET = 7
 _ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.int32): 6}
@@ -93,6 +93,13 @@ def levels_const(b: Builder, enc: EncodedTensor, dtype: np.dtype, layout: str = 
     return levels
 
 
+def one_field_plane(planes: Sequence[Plane], k: int) -> Plane | None:
+    """The index's only plane, if it is sub-byte and every value of its field is a level (``K >= 2**width``): a
+    tensor codebook's decode can then look the levels of every field of every byte value up in one table."""
+    one = planes[0] if len(planes) == 1 else None
+    return one if one is not None and one.width < 8 and k >= 1 << one.width else None
+
+
 def _decode_byte_table(
     b: Builder, t: ByteTables, levels: gs.Tensor, packed: PackedIndices, enc: EncodedTensor, target: gs.Variable
 ) -> None:
@@ -146,8 +153,7 @@ def _emit(b: Builder, t: ByteTables, enc: EncodedTensor, target: gs.Variable, dt
     if enc.representation == Representation.TENSOR:
         levels = levels_const(b, enc, dtype)
         packed = pack(enc.indices.ravel(), cb.bits)
-        one = packed.planes[0] if len(packed.planes) == 1 else None
-        if one is not None and one.width < 8 and not packed.tail.size and cb.k >= 1 << one.width:
+        if one_field_plane(packed.planes, cb.k) is not None and not packed.tail.size:
             _decode_byte_table(b, t, levels, packed, enc, target)
         else:
             b.op("Gather", [levels, _indices(b, t, packed, enc.shape)], {"axis": 0}, out=target)

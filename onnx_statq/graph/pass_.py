@@ -307,7 +307,10 @@ class StatqPass:
             return
         home = w.home
         prefix = f"statq{len(report.layers)}"
-        after_lookup = row_lookup_reason(w, enc) is None
+        whole_why = row_lookup_reason(w, enc)
+        after_lookup = whole_why is None
+        if whole_why is not None and any(u.node.op == "Gather" for u in w.uses):
+            logger.info("%s: the whole table is decoded, not the looked-up rows: %s", w.tensor.name, whole_why)
         if after_lookup:  # an embedding table: only the rows each lookup selects are decoded, at run time
             decode_after_lookup(w, enc, values.dtype, opset, fresh, prefix, tables.of(home))
         else:

@@ -23,7 +23,7 @@ from onnx import helper
 
 from ..codebook import EncodedTensor, Representation
 from ..codebook.packing import Plane, pack_rows, rows_packable
-from .encode import UINT8_ADD_OPSET, levels_const
+from .encode import UINT8_ADD_OPSET, levels_const, one_field_plane
 from .tables import INT32, UINT8, Builder, ByteTables
 from .weights import Weight
 
@@ -35,14 +35,13 @@ logger = logging.getLogger(__name__)
 def row_lookup_reason(w: Weight, enc: EncodedTensor) -> str | None:
     """Why ``w`` cannot be decoded after its lookups (None: it can). Every reader must be a Gather on axis 0 of the
     2-D table in the graph the decode goes into, and its rows must pack into whole bytes."""
-    t = w.tensor
     if len(enc.shape) != 2:
         return "not a 2-D table"
-    if len(t.outputs) != len(w.uses) or any(t in g.outputs for g in {id(u.graph): u.graph for u in w.uses}.values()):
-        return "also read by an op other than Gather, or a graph output"
     for u in w.uses:
         if u.node.op != "Gather" or u.slot != 0 or int(u.node.attrs.get("axis", 0)) != 0 or u.graph is not w.home:
             return "read by something other than a Gather on its rows in its own graph"
+    if len(w.tensor.outputs) != len(w.uses) or w.tensor in w.home.outputs:  # every use is in w.home (above)
+        return "also read by an op other than Gather, or a graph output"
     if enc.representation == Representation.FLOAT16:
         return None
     assert enc.codebook is not None
@@ -105,8 +104,8 @@ class _Stored:
         shape = b.op("Concat", [b.op("Shape", [ids]), b.shape("width", [self.width])], {"axis": 0})
         cb = self.enc.codebook
         assert cb is not None
-        one = self.planes[0][0] if len(self.planes) == 1 else None
-        if one is not None and one.width < 8 and not self.per_channel and cb.k >= 1 << one.width:
+        one = None if self.per_channel else one_field_plane([p for p, _ in self.planes], cb.k)
+        if one is not None:
             # one field per byte value: the table holds the levels of every field of every byte value
             table = b.op("Gather", [self.levels, t.by_byte(one.width)], {"axis": 0})
             vals = b.op("Gather", [table, self._bytes(ids, 0)], {"axis": 0})
