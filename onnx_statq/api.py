@@ -18,12 +18,20 @@ from .io import ZipSizer, load_model, save_model, zipped_size
 from .plan import CalibrationMode, CalibrationSummary, LayerPlan, Refiner, SensitivityProbe
 from .report import Report
 
-__all__ = ["DEFAULT_CALIB_SAMPLES", "make_refiner", "quantize", "quantize_file"]
+__all__ = [
+    "DEFAULT_CALIB_SAMPLES",
+    "VERIFY_MAX_SAMPLES",
+    "make_refiner",
+    "quantize",
+    "quantize_file",
+    "verification_data",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIB_SAMPLES = 64
 DEFAULT_COMPENSATION = None  # per op type: 0 on MatMul, 0.5 elsewhere (calibrate/session.py, docs/calibration.md)
+VERIFY_MAX_SAMPLES = 256  # the check holds the float model's outputs on every verification sample at once
 
 
 def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
@@ -108,15 +116,20 @@ def quantize_file(
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
     calib_compensation: float | None = DEFAULT_COMPENSATION,
+    verify_data: Any = None,
 ) -> Report:
-    """Load, quantize, save atomically and verify in onnxruntime; returns the full report."""
+    """Load, quantize, save atomically and verify in onnxruntime; returns the full report.
+
+    ``verify_data`` (the forms ``calib`` takes) makes the check run on those inputs instead of random ones."""
     src_p, dst_p = Path(src), Path(dst)
-    _refuse_overwrite(dst_p, [src_p, *([Path(calib)] if isinstance(calib, (str, os.PathLike)) else [])])
+    given = [calib, verify_data]
+    _refuse_overwrite(dst_p, [src_p, *(Path(p) for p in given if isinstance(p, (str, os.PathLike)))])
     t0 = time.perf_counter()
     data_files: list[str] = []
     lazy = _lazy(calib, calib_mode)
     model = load_model(src_p, data_files, lazy=lazy)
     _refuse_overwrite(dst_p, [src_p.parent / n for n in data_files])
+    checks = verification_data(model, verify_data, verify)
     inputs = [src_p] + [src_p.parent / n for n in data_files]
     zipped_before = ZipSizer(inputs)  # deflating a large input takes as long as the pass: run it alongside
     try:
@@ -149,22 +162,48 @@ def quantize_file(
         "outputs": [str(p) for p in written],
     }
     if verify:
-        verify_written(report, src_p, written)
+        verify_written(report, src_p, written, checks)
     return report
 
 
-def verify_written(report: Report, src: Path, written: list[Path]) -> None:
-    """Compare ``written[0]`` with ``src`` in onnxruntime; a failed check removes every written file, so a failed
-    run leaves no output behind."""
+def verification_data(
+    model: onnx.ModelProto, source: Any, verify: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """Verification feeds from ``source``, checked against ``model``'s inputs before any work (the checks
+    calibration data gets), at most ``VERIFY_MAX_SAMPLES`` samples, and what the report says of them; None
+    without a source. Data for a check that will not run is an error, not silently dropped."""
+    if source is None:
+        return None
+    if not verify:
+        raise ConfigError("verification data was given with verification off")
+    from .calibrate.data import load_calibration, model_inputs
+
+    feeds = load_calibration(source, model_inputs(model), VERIFY_MAX_SAMPLES, what="verification")
+    label = str(source) if isinstance(source, (str, os.PathLike)) else "the given feeds"
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():  # samples on the first axis
+        return feeds, {"data": label, "samples": sum(next(iter(f.values())).shape[0] for f in feeds)}
+    return feeds, {"data": label}  # a folder's or an iterable's feeds: whole feeds, counted as such
+
+
+def verify_written(
+    report: Report,
+    src: Path,
+    written: list[Path],
+    checks: tuple[list[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Compare ``written[0]`` with ``src`` in onnxruntime, on ``checks`` (from :func:`verification_data`) or random
+    inputs; a failed check removes every written file, so a failed run leaves no output behind."""
     from .verify import compare  # onnxruntime is only needed when verifying
 
     t0 = time.perf_counter()
     try:
-        report.verify = compare(src, written[0])
+        report.verify = compare(src, written[0], feeds=checks[0] if checks else None)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
         raise
+    if checks and "skipped" not in report.verify:
+        report.verify.update(checks[1])
     report.timings["verify_s"] = time.perf_counter() - t0
 
 

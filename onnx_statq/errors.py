@@ -60,7 +60,7 @@ class UnsupportedModelError(StatqError):
 
 
 class CalibrationError(StatqError):
-    """Calibration data that does not match the model."""
+    """Calibration or verification data that does not match the model."""
 
     exit_code = 8
 

@@ -1,4 +1,4 @@
-"""Run the float and the quantized model on the same random inputs and measure output SQNR.
+"""Run the float and the quantized model on the same inputs (random, or the user's) and measure output SQNR.
 
 The only module besides :mod:`onnx_statq.calibrate` that runs onnxruntime; the graph pass never does.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import first_line
+from .errors import CalibrationError, first_line
 
 __all__ = [
     "DYNAMIC_DIM",
@@ -48,7 +48,7 @@ FOLD_LIMIT = 1 << 28  # float model bytes past which the check does not let onnx
 
 def _session(path: Path, fold: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failing run raises, and becomes one line of ours: no log line of onnxruntime's
     if fold:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     opts.enable_cpu_mem_arena = False  # the run-time decode's buffers go back to the system after the run
@@ -112,18 +112,31 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = D
     return feeds
 
 
-def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None = None) -> dict[str, Any]:
-    """Output SQNR (dB) of the quantized model against the float one, per output and worst.
+def compare(
+    float_path: Path,
+    quant_path: Path,
+    seed: int = 0,
+    fold: bool | None = None,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Output SQNR (dB) of the quantized model against the float one, per output and worst, on ``feeds`` (the
+    user's verification data, already checked against the model's inputs) or else on random inputs.
+
+    Random inputs say whether the output runs and stays close, not how close it stays on real data: on noise a
+    classifier's or a CTC decoder's scores sit near ties (measured in the README). Float outputs with a
+    last axis of at least 2 also get the share of positions whose argmax over that axis agrees
+    (``argmax_agreement``): for class scores, how often the prediction is kept; for other outputs, nothing.
 
     If the float model itself cannot be loaded by onnxruntime, or run on generated inputs (inputs with meaning, such
-    as ids into a table; types or sizes that cannot be generated), the check is reported as skipped; if only the
-    quantized model fails, that is a real failure and is raised.
+    as ids into a table; types or sizes that cannot be generated), the check is reported as skipped; the float model
+    failing on the user's data is a :class:`CalibrationError`; if only the quantized model fails, that is a real
+    failure and is raised.
 
-    The two sessions live one after the other, so the check holds one model's weights at a time. ``fold=None``
-    lets onnxruntime fold the decode at session creation, as users run it, unless the float model is over
-    ``FOLD_LIMIT`` bytes: folding the decode of a large model takes several times its weights in memory at once
-    (about 8x measured), so both sessions then run without constant folding, the quantized one decoding at run
-    time (bit-exact all the same); the result says so in ``note``.
+    The two sessions live one after the other, so the check holds one model's weights at a time (and the float
+    outputs on every feed). ``fold=None`` lets onnxruntime fold the decode at session creation, as users run it,
+    unless the float model is over ``FOLD_LIMIT`` bytes: folding the decode of a large model takes several times its
+    weights in memory at once (about 8x measured), so both sessions then run without constant folding, the quantized
+    one decoding at run time (bit-exact all the same); the result says so in ``note``.
     """
     if fold is None:
         try:
@@ -134,20 +147,36 @@ def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None
         ref = _session(float_path, fold)
     except Exception as exc:
         return {"skipped": f"onnxruntime cannot load the float model: {first_line(exc, 200)}"}
+    given = feeds is not None
+    if feeds is None:
+        try:
+            feeds = [random_feeds(ref, seed)]
+        except CannotVerifyError as exc:
+            return {"skipped": str(exc)}
     try:
-        feeds = random_feeds(ref, seed)
-    except CannotVerifyError as exc:
-        return {"skipped": str(exc)}
-    try:
-        a = ref.run(None, feeds)
+        expected = [ref.run(None, feed) for feed in feeds]
     except Exception as exc:
+        if given:
+            raise CalibrationError(f"the float model fails on the verification data: {first_line(exc, 200)}") from None
         return {"skipped": f"the float model fails on generated inputs: {first_line(exc, 200)}"}
     names = [meta.name for meta in ref.get_outputs()]
     del ref  # frees the float weights before the quantized model loads
-    b = _session(quant_path, fold).run(None, feeds)
-    per = {name: _sqnr_db(x, y) for name, x, y in zip(names, a, b, strict=False)}
-    worst = min(per.values()) if per else math.inf
-    result: dict[str, Any] = {"outputs": per, "min_sqnr_db": worst, "inputs": list(feeds)}
+    quant = _session(quant_path, fold)
+    stats = {name: _OutputStats() for name in names}
+    for feed, a in zip(feeds, expected, strict=True):
+        for name, x, y in zip(names, a, quant.run(None, feed), strict=False):
+            stats[name].add(x, y)
+    per = {name: st.sqnr_db() for name, st in stats.items()}
+    result: dict[str, Any] = {
+        "outputs": per,
+        "min_sqnr_db": min(per.values()) if per else math.inf,
+        "inputs": list(feeds[0]),
+        "source": "data" if given else "random",
+        "feeds": len(feeds),
+    }
+    agreement = {name: st.agreement() for name, st in stats.items() if st.positions}
+    if agreement:
+        result["argmax_agreement"] = agreement
     if not fold:
         result["note"] = (
             f"checked without onnxruntime's constant folding: the float model is over {FOLD_LIMIT >> 20} MB, and "
@@ -157,14 +186,35 @@ def compare(float_path: Path, quant_path: Path, seed: int = 0, fold: bool | None
     return result
 
 
-def _sqnr_db(x: Any, y: Any) -> float:
-    """SQNR of one output; a non-numeric output (strings, a sequence of maps) is inf if equal, else -inf."""
-    xa, ya = np.asarray(x), np.asarray(y)
-    if xa.dtype.kind not in "biuf" or ya.dtype.kind not in "biuf":
-        pairs = zip(xa.ravel().tolist(), ya.ravel().tolist(), strict=True) if xa.shape == ya.shape else None
-        same = pairs is not None and all(p == q for p, q in pairs)
-        return math.inf if same else -math.inf
-    x64, y64 = xa.astype(np.float64), ya.astype(np.float64)
-    noise = float(np.sum((x64 - y64) ** 2))
-    signal = float(np.sum(x64**2))
-    return math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+class _OutputStats:
+    """One output's signal and noise power and argmax agreement, summed over feeds (shapes may differ per feed)."""
+
+    def __init__(self) -> None:
+        self.signal = self.noise = 0.0
+        self.numeric = True
+        self.same = True
+        self.agree = self.positions = 0
+
+    def add(self, x: Any, y: Any) -> None:
+        xa, ya = np.asarray(x), np.asarray(y)
+        if xa.dtype.kind not in "biuf" or ya.dtype.kind not in "biuf":
+            # strings, a sequence of maps: equal or not
+            self.numeric = False
+            self.same = self.same and xa.shape == ya.shape and xa.ravel().tolist() == ya.ravel().tolist()
+            return
+        x64, y64 = xa.astype(np.float64), ya.astype(np.float64)
+        self.signal += float(np.sum(x64**2))
+        self.noise += float(np.sum((x64 - y64) ** 2))
+        if xa.dtype.kind == "f" and xa.ndim >= 2 and xa.shape[-1] >= 2 and xa.shape == ya.shape and xa.size:
+            self.agree += int(np.count_nonzero(np.argmax(xa, axis=-1) == np.argmax(ya, axis=-1)))
+            self.positions += xa.size // xa.shape[-1]
+
+    def sqnr_db(self) -> float:
+        if not self.numeric:
+            return math.inf if self.same else -math.inf
+        if self.noise == 0:
+            return math.inf
+        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+
+    def agreement(self) -> float:
+        return self.agree / self.positions

@@ -1,5 +1,8 @@
 """Calibration inputs: an .npz, a folder of .npz feeds, any iterable of input dicts, or an onnxruntime
-CalibrationDataReader; all checked against the model's declared inputs before any work starts."""
+CalibrationDataReader; all checked against the model's declared inputs before any work starts.
+
+Verification data (``--verify-data``) comes in the same forms and goes through the same checks; ``what`` names
+which of the two an error is about."""
 
 from __future__ import annotations
 
@@ -74,21 +77,21 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
     return out
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, what: str = "calibration") -> dict[str, np.ndarray]:
     """Every array of an .npz archive, or a one-line CalibrationError (not an archive, truncated, pickled objects)."""
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CalibrationError(f"{path} is a single .npy array; calibration wants an .npz named like the inputs")
+            raise CalibrationError(f"{path} is a single .npy array; {what} wants an .npz named like the inputs")
         with loaded as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise CalibrationError(f"cannot read calibration file {path}: {first_line(exc)}") from None
+        raise CalibrationError(f"cannot read {what} file {path}: {first_line(exc)}") from None
 
 
-def _from_npz(path: Path, specs: list[InputSpec], batch: int) -> Iterator[dict[str, np.ndarray]]:
+def _from_npz(path: Path, batch: int, what: str) -> Iterator[dict[str, np.ndarray]]:
     """Arrays named like the inputs, samples on the first axis, cut into batches."""
-    arrays = _read_npz(path)
+    arrays = _read_npz(path, what)
     sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise CalibrationError(f"{path}: every array needs the same number of samples on its first axis")
@@ -107,19 +110,21 @@ def load_calibration(
     specs: list[InputSpec],
     max_samples: int | None = None,
     batch: int = DEFAULT_BATCH,
+    what: str = "calibration",
 ) -> list[dict[str, np.ndarray]]:
-    """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds)."""
+    """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds);
+    ``what`` ("calibration", "verification") names the data in errors."""
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
             files = sorted(p.glob("*.npz"))
             if not files:
-                raise CalibrationError(f"calibration folder {p} holds no .npz file")
-            items: Iterable[Mapping[str, Any]] = (_read_npz(f) for f in files)
+                raise CalibrationError(f"{what} folder {p} holds no .npz file")
+            items: Iterable[Mapping[str, Any]] = (_read_npz(f, what) for f in files)
         elif p.is_file():
-            items = _from_npz(p, specs, batch)
+            items = _from_npz(p, batch, what)
         else:
-            raise CalibrationError(f"no such calibration file or folder: {p}")
+            raise CalibrationError(f"no such {what} file or folder: {p}")
     elif hasattr(source, "get_next"):
         items = _reader_iter(source)
     else:
@@ -128,7 +133,7 @@ def load_calibration(
     for i, item in enumerate(items):
         if max_samples is not None and count >= max_samples:
             break
-        feed = _check_feed(item, specs, f"calibration feed {i}")
+        feed = _check_feed(item, specs, f"{what} feed {i}")
         if max_samples is not None and isinstance(source, (str, Path)) and Path(source).is_file():
             first = next(iter(feed.values()))
             take = min(first.shape[0], max_samples - count)
@@ -138,5 +143,5 @@ def load_calibration(
             count += 1
         feeds.append(feed)
     if not feeds:
-        raise CalibrationError("the calibration data holds no sample")
+        raise CalibrationError(f"the {what} data holds no sample")
     return feeds

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import QuantConfig
 from ..errors import OutputError, first_line
-from ..io import publish, staging_dir, zipped_size
+from ..io import load_model, publish, staging_dir, zipped_size
 from ..report import Report
 
 __all__ = [
@@ -136,18 +136,20 @@ def quantize_file_ort(
     config: QuantConfig | None = None,
     *,
     verify: bool = True,
+    verify_data: Any = None,
     **kwargs: Any,
 ) -> Report:
     """:func:`onnx_statq.api.quantize_file`, written as ORT format at ``ort_path(dst)`` (plus the operator config).
 
     The intermediate .onnx lives in a temporary folder next to the output and is removed; verification runs the
-    .ort file itself against the float model.
+    .ort file itself against the float model (on ``verify_data`` if given, checked before any work).
     """
-    from ..api import quantize_file
+    from ..api import quantize_file, verification_data
 
     src_p, out = Path(src), ort_path(dst)
     if out.exists() and src_p.exists() and out.resolve() == src_p.resolve():
         raise OutputError("output path is the input model; the input is never overwritten")
+    checks = None if verify_data is None else verification_data(load_model(src_p, lazy=True), verify_data, verify)
     with staging_dir(out) as tmpdir:
         report = quantize_file(src_p, tmpdir / (out.stem + ".onnx"), config, verify=False, **kwargs)
         produced = [Path(p) for p in report.totals["outputs"]]
@@ -167,5 +169,5 @@ def quantize_file_ort(
     if verify:
         from ..api import verify_written
 
-        verify_written(report, src_p, written)
+        verify_written(report, src_p, written, checks)
     return report
