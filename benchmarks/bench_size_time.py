@@ -19,7 +19,10 @@ PP-OCRv6 rec, MiniLM) and 8, 4, 3 and 2 bits with default options, this measures
 
 Inputs come from ``onnx_statq.verify.random_feeds`` (symbolic dims = 2): a small input makes any per-run decode cost
 stand out rather than hide behind the model's own compute (MiniLM's ``token_type_ids`` are zeroed, see
-:func:`fixed_feeds`). Run from the repository root::
+:func:`fixed_feeds`). The output SQNR on that random input is what ``onnx-statq``'s check prints by default; next to
+it, the same check on real inputs (``verify.compare`` on the task's calibration feeds, as ``--verify-data`` runs it),
+with the share of positions whose argmax over the last axis agrees, shows how far apart the two can read. Run from
+the repository root::
 
     python -m benchmarks.bench_size_time [--quick]
 
@@ -49,9 +52,10 @@ if not __package__:  # Run as a script: import the package from the repo root, n
 import onnx
 import onnxruntime as ort
 
+from benchmarks.bench_calibration import samples_for
 from benchmarks.tasks import TASKS
 from onnx_statq import QuantConfig, quantize_file
-from onnx_statq.verify import random_feeds
+from onnx_statq.verify import compare, random_feeds
 
 MODELS = ("digits", "magika", "ppocr_rec", "minilm")
 BITS = (8, 4, 3, 2)
@@ -205,6 +209,18 @@ def ort_row(src: Path, dst: Path, feeds: dict[str, np.ndarray], runs: int) -> di
     }
 
 
+def data_row(name: str, src: Path, dst: Path) -> dict[str, Any]:
+    """The output check on real inputs: the task's calibration feeds, as ``--verify-data`` would run it."""
+    feeds = TASKS[name].calibration_feeds(samples_for(name, None))
+    v = compare(src, dst, feeds=feeds)
+    worst = min(v["outputs"], key=lambda k: v["outputs"][k])
+    return {
+        "data_sqnr_db": v["min_sqnr_db"],
+        "data_argmax_agreement": v.get("argmax_agreement", {}).get(worst),
+        "data_feeds": len(feeds),
+    }
+
+
 def bench_model(name: str, bits_list: tuple[int, ...], runs: int) -> dict[str, Any]:
     """One row per bit width: quantization cost and sizes, then onnxruntime cost of the output."""
     src = TASKS[name].default_model_path()
@@ -214,7 +230,7 @@ def bench_model(name: str, bits_list: tuple[int, ...], runs: int) -> dict[str, A
     with tempfile.TemporaryDirectory(prefix="statq-bench-") as d:
         for bits in bits_list:
             dst = Path(d) / f"q{bits}.onnx"
-            rows.append(quantize_row(src, dst, bits) | ort_row(src, dst, feeds, runs))
+            rows.append(quantize_row(src, dst, bits) | ort_row(src, dst, feeds, runs) | data_row(name, src, dst))
             dst.unlink()
             print(f"  {name} {bits} bit done", file=sys.stderr)
     return {"model": name, "path": str(src), "feeds": {k: list(v.shape) for k, v in feeds.items()}, "rows": rows}
