@@ -107,6 +107,8 @@ def codebook_section(data: dict[str, Any]) -> list[str]:
 
 
 def size_time_section(data: dict[str, Any]) -> list[str]:
+    from benchmarks.bench_calibration import _f  # a figure, or "-" where the run did not measure it
+
     m = data["machine"]
     lines = [
         "## File size, quantization time and onnxruntime cost",
@@ -129,15 +131,10 @@ def size_time_section(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {model['model']} | {r['bits']} | {r['file_ratio']:.2f} | {r['zipped_ratio']:.2f} "
                 f"| {r['time_ratio']:.0f} | {r['latency_ratio']:.2f} | {r['session_ratio']:.1f} "
-                f"| {r.get('output_sqnr_db', float('nan')):.1f} | {_num(r.get('data_sqnr_db'), '.1f')} "
-                f"| {_num(r.get('data_argmax_agreement'), '.1%')} |"
+                f"| {r.get('output_sqnr_db', float('nan')):.1f} | {_f(r.get('data_sqnr_db'), '.1f')} "
+                f"| {_f(r.get('data_argmax_agreement'), '.1%')} |"
             )
     return [*lines, ""]
-
-
-def _num(value: Any, fmt: str) -> str:
-    """A figure, or "-" where the run that wrote the results did not measure it."""
-    return "-" if value is None else format(value, fmt)
 
 
 def large_section(data: dict[str, Any]) -> list[str]:

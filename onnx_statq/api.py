@@ -178,11 +178,13 @@ def verification_data(
         raise ConfigError("verification data was given with verification off")
     from .calibrate.data import load_calibration, model_inputs
 
-    feeds = load_calibration(source, model_inputs(model), VERIFY_MAX_SAMPLES, what="verification")
-    label = str(source) if isinstance(source, (str, os.PathLike)) else "the given feeds"
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():  # samples on the first axis
-        return feeds, {"data": label, "samples": sum(next(iter(f.values())).shape[0] for f in feeds)}
-    return feeds, {"data": label}  # a folder's or an iterable's feeds: whole feeds, counted as such
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    feeds = load_calibration(path or source, model_inputs(model), VERIFY_MAX_SAMPLES, what="verification")
+    if path is None:
+        return feeds, {"data": "the given feeds"}
+    if path.is_file():  # an .npz: samples on the first axis; a folder's feeds are whole feeds, counted as such
+        return feeds, {"data": str(path), "samples": sum(next(iter(f.values())).shape[0] for f in feeds)}
+    return feeds, {"data": str(path)}
 
 
 def verify_written(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+EXE = [sys.executable, "-m", "onnx_statq.cli"]
+DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: a separate process, the repository on its path."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def _model(nodes, inputs, outputs, inits, opset=13, ir=8, **kw) -> onnx.ModelProto:

@@ -14,16 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO
+from conftest import DIGITS, EXE, REPO, cli
 from onnx import TensorProto, helper
-
-EXE = [sys.executable, "-m", "onnx_statq.cli"]
-DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def sha(p: Path) -> str:

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, run, sqnr
+from conftest import DIGITS, REPO, cli, run, sqnr
 from onnx import TensorProto, helper
 
 from onnx_statq.api import quantize_file
 from onnx_statq.cli import LOW_RANDOM_SQNR_DB, _verify_lines
 from onnx_statq.errors import CalibrationError
 
-EXE = [sys.executable, "-m", "onnx_statq.cli"]
-DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
 DIGITS_CALIB = REPO / "models" / "digits" / "digits_calib.npz"
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([*EXE, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def test_readme_verify_data_command_runs(tmp_path):
@@ -69,26 +58,22 @@ def test_api_takes_an_iterable_and_the_ort_format(tmp_path):
     assert "on 64 samples of" in res.stdout
 
 
-def _dynamic_model(path: Path) -> None:
+@pytest.fixture
+def dynamic_model(tmp_path, make_model):
     """A MatMul whose input width is symbolic: data of the wrong width passes the shape check, fails in the model."""
     w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
-        [onnx.numpy_helper.from_array(w, "w")],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, path)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [x], [y], {"w": w}), path)
+    return path
 
 
 @pytest.mark.parametrize(
     "case, code",
     [("wrong name", 8), ("missing", 8), ("no verify", 2), ("float fails", 8), ("is the output", 6)],
 )
-def test_bad_verification_data(tmp_path, case, code):
+def test_bad_verification_data(tmp_path, dynamic_model, case, code):
     model, out = DIGITS, tmp_path / "q.onnx"
     data = tmp_path / "v.npz"
     extra: list[str] = []
@@ -100,8 +85,7 @@ def test_bad_verification_data(tmp_path, case, code):
         np.savez(data, input=np.zeros((4, 1, 8, 8), np.float32))
         extra = ["--no-verify"]
     elif case == "float fails":
-        model = tmp_path / "dyn.onnx"
-        _dynamic_model(model)
+        model = dynamic_model
         np.savez(data, x=np.zeros((4, 3), np.float32))
     else:
         np.savez(data, input=np.zeros((4, 1, 8, 8), np.float32))
@@ -116,11 +100,9 @@ def test_bad_verification_data(tmp_path, case, code):
         assert "verification data" in res.stderr and set(tmp_path.iterdir()) == {model, data}
 
 
-def test_float_model_failing_on_the_data_is_a_calibration_error(tmp_path):
-    model = tmp_path / "dyn.onnx"
-    _dynamic_model(model)
+def test_float_model_failing_on_the_data_is_a_calibration_error(tmp_path, dynamic_model):
     with pytest.raises(CalibrationError, match="float model fails on the verification data"):
-        quantize_file(model, tmp_path / "q.onnx", verify_data=[{"x": np.zeros((2, 3), np.float32)}])
+        quantize_file(dynamic_model, tmp_path / "q.onnx", verify_data=[{"x": np.zeros((2, 3), np.float32)}])
     assert not (tmp_path / "q.onnx").exists()
 
 
