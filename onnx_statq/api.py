@@ -17,6 +17,7 @@ from .graph.pass_ import PassResult, StatqPass
 from .io import ZipSizer, load_model, save_model, zipped_size
 from .plan import CalibrationMode, CalibrationSummary, LayerPlan, Refiner, SensitivityProbe
 from .report import Report
+from .workers import default_jobs
 
 __all__ = [
     "DEFAULT_CALIB_SAMPLES",
@@ -48,13 +49,17 @@ class _Calibration:
         mode: CalibrationMode,
         progress: Callable[[int, int, str], None] | None,
         compensation: float | None,
+        jobs: int | None,
     ) -> None:
         self.feeds, self.mode, self.progress, self.compensation = feeds, mode, progress, compensation
+        self.jobs = default_jobs() if jobs is None else jobs
 
     def __call__(self, model: onnx.ModelProto, plans: list[LayerPlan]) -> CalibrationSummary:
         from .calibrate import calibrate
 
-        return calibrate(model, self.feeds, plans, self.mode, self.progress, compensation=self.compensation)
+        return calibrate(
+            model, self.feeds, plans, self.mode, self.progress, compensation=self.compensation, jobs=self.jobs
+        )
 
     def sensitivities(self, model: onnx.ModelProto, probes: list[SensitivityProbe]) -> dict[str, float]:
         from .calibrate.sensitivity import measure_sensitivities
@@ -69,9 +74,11 @@ def make_refiner(
     mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
     progress: Callable[[int, int, str], None] | None = None,
     compensation: float | None = DEFAULT_COMPENSATION,
+    jobs: int | None = None,
 ) -> Refiner | None:
     """Load and check calibration data now (errors before any work), and return the pass's refiner (which the
-    pass also asks for layer sensitivities, see :class:`~onnx_statq.graph.pass_.StatqPass`)."""
+    pass also asks for layer sensitivities, see :class:`~onnx_statq.graph.pass_.StatqPass`). ``jobs``: threads
+    running calibration batches at once (None: one per CPU, as the config's default); the result is the same."""
     mode = CalibrationMode(mode)
     if calib is None or mode == CalibrationMode.NONE:
         return None
@@ -80,7 +87,7 @@ def make_refiner(
     feeds = load_calibration(calib, model_inputs(model), samples)
     if compensation is not None and not 0.0 <= compensation <= 1.0:
         raise ConfigError(f"calibration compensation must be between 0 and 1, got {compensation}")
-    return _Calibration(feeds, mode, progress, compensation)
+    return _Calibration(feeds, mode, progress, compensation, jobs)
 
 
 def quantize(
@@ -101,8 +108,9 @@ def quantize(
     lazy = _lazy(calib, calib_mode)
     proto = load_model(model, lazy=lazy) if isinstance(model, (str, os.PathLike)) else model
     base = Path(model).parent if lazy and isinstance(model, (str, os.PathLike)) else None
-    refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation)
-    return StatqPass(_config(config, options), refiner=refiner)(proto, base_dir=base).model
+    cfg = _config(config, options)
+    refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation, cfg.workers)
+    return StatqPass(cfg, refiner=refiner)(proto, base_dir=base).model
 
 
 def quantize_file(
@@ -133,12 +141,11 @@ def quantize_file(
     inputs = [src_p] + [src_p.parent / n for n in data_files]
     zipped_before = ZipSizer(inputs)  # deflating a large input takes as long as the pass: run it alongside
     try:
-        refiner = make_refiner(model, calib, calib_samples, calib_mode, progress, calib_compensation)
+        cfg = config or QuantConfig()
+        refiner = make_refiner(model, calib, calib_samples, calib_mode, progress, calib_compensation, cfg.workers)
         t1 = time.perf_counter()
         base = src_p.parent if lazy else None
-        result: PassResult = StatqPass(config or QuantConfig(), progress=progress, refiner=refiner)(
-            model, base_dir=base
-        )
+        result: PassResult = StatqPass(cfg, progress=progress, refiner=refiner)(model, base_dir=base)
         t2 = time.perf_counter()
         written = save_model(result.model, dst_p)
     except BaseException:

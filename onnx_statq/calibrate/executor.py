@@ -10,7 +10,10 @@ graph with some initializers replaced.
 from __future__ import annotations
 
 import logging
-import time
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -21,22 +24,19 @@ __all__ = ["StreamExecutor", "cpu_session", "model_like", "subgraph_inputs"]
 
 logger = logging.getLogger(__name__)
 
-# A session with onnxruntime's own intra-op thread pool takes ~4-8 ms to create (it starts the threads), a
-# single-threaded one ~0.2 ms, and most segments run in well under a millisecond: thread start-up was nearly all of
-# the calibration's onnxruntime time on small models (the demo CNN: 8 sessions, 70 ms, against 0.7 ms for a float
-# pass). So every segment starts on one thread and moves to a threaded session only when its remaining runs are long
-# enough to repay the start-up; the quantized stream then opens the same segment threaded or not as the float stream
-# measured, so the slower single-threaded first run is paid once per segment. Thread counts do not change the
-# results (MLAS splits work by output rows and columns, not along a reduction): the streams were compared bit for bit
-# on six task models, and each segment checks it on its first feed before going threaded (_same_threaded).
-THREADED_AFTER_S = 0.02
+T = TypeVar("T")
+R = TypeVar("R")
 
-
-def _identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit for bit (NaNs included), for any dtype onnxruntime returns (strings come as object arrays)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return bool(np.array_equal(a, b)) if a.dtype == object else a.tobytes() == b.tobytes()
+# Every session is single-threaded; the runs of a segment (every calibration batch, on each stream) go to a pool of
+# ``jobs`` Python threads instead. onnxruntime releases the GIL while it runs, the batches are independent, and a
+# single-threaded kernel gives the same bits whichever thread runs it, so the streams cannot depend on the number of
+# threads or on the machine's load. A session with onnxruntime's own pool also costs ~4-8 ms to create, against
+# ~0.2 ms, and most segments run in well under a millisecond.
+#
+# The sessions also share one CPU arena, registered with onnxruntime's environment (``_shared_arena``). Each session
+# otherwise starts an arena of its own and gives it back when it closes, so every segment faulted its working memory
+# in afresh: on PP-OCRv6 det, 19 GB of page faults and 25 s of system time for 21 s of runs, against 4.8 GB and 13 s
+# with the shared arena (same output file). :func:`release_arena` gives its free regions back when calibration ends.
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -63,13 +63,52 @@ def model_like(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProt
     return m
 
 
-def cpu_session(model: onnx.ModelProto | bytes, basic: bool = False, threads: int = 0) -> ort.InferenceSession:
+_arena_lock = threading.Lock()
+_arena_ready = False
+
+
+def _shared_arena() -> None:
+    """Register one CPU arena for the whole process, once (sessions opt in to it, see :func:`cpu_session`)."""
+    global _arena_ready
+    with _arena_lock:
+        if _arena_ready:
+            return
+        mem = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        try:  # regions of the requested size (strategy 1), so that release_arena can return each one to the system
+            ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, 1, -1, -1))
+        except Exception as exc:  # the embedding application registered its own: the sessions share that one
+            logger.debug("no shared CPU arena registered (%s)", exc)
+        _arena_ready = True
+
+
+def release_arena() -> None:
+    """Return the shared arena's free regions to the system: one tiny run with onnxruntime's arena shrinkage. The
+    arena grows to the largest runs' working memory (3 GB on PP-OCRv6 det), which a process that goes on after
+    quantizing must not keep."""
+    if not _arena_ready:
+        return
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "release", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    cpu_session(model, basic=True, threads=1, shared=True).run(None, {"x": np.zeros(1, np.float32)}, opts)
+
+
+def cpu_session(
+    model: onnx.ModelProto | bytes, basic: bool = False, threads: int = 0, shared: bool = False
+) -> ort.InferenceSession:
     """A quiet CPU session; ``basic`` keeps graph optimisation to the basic level (segments run once, so heavier
-    optimisation would cost more than it saves); ``threads`` 0 is onnxruntime's default pool (see
-    ``THREADED_AFTER_S`` for what starting it costs). ``model`` may come serialised, to open it twice."""
+    optimisation would cost more than it saves); ``threads`` 0 is onnxruntime's default pool, whose results may
+    depend on the thread count (the executor's sessions take 1, see the note above); ``shared`` takes memory from
+    the process's shared arena (see the note above). ``model`` may come serialised."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads
+    if shared:
+        _shared_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     if basic:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     data = model if isinstance(model, bytes) else model.SerializeToString()
@@ -89,13 +128,17 @@ class StreamExecutor:
         feeds: list[dict[str, np.ndarray]],
         quant_stream: bool = True,
         float_until: int | None = None,
+        jobs: int = 1,
     ) -> None:
         """``quant_stream=False`` (independent calibration) walks the float stream only; :meth:`finish` then runs
         the quantized model once, whole, for the model-level comparison.
 
         ``float_until``: no layer from this node on reads the float stream (a refit with compensation 0 needs only
         the quantized inputs), so the float stream stops there and :meth:`finish` takes the float model's outputs
-        from one whole run instead. None: the float stream runs to the end."""
+        from one whole run instead. None: the float stream runs to the end.
+
+        ``jobs``: threads running the batches of a segment at once (see the module's note); :meth:`close`, or a
+        ``with`` block, stops them."""
         self.model = model
         self.feeds = feeds
         self.quant_stream = quant_stream
@@ -110,6 +153,25 @@ class StreamExecutor:
         self.node_bias: dict[int, np.ndarray] = {}
         self.pos = 0
         self.sessions = 0
+        self._pool = ThreadPoolExecutor(jobs, thread_name_prefix="statq-calib") if jobs > 1 else None
+
+    def __enter__(self) -> StreamExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        release_arena()
+
+    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(x) for x in items]`` on the pool, in input order (every item runs; the first error is raised)."""
+        if self._pool is None or len(items) <= 1:
+            return [fn(x) for x in items]
+        return list(self._pool.map(fn, items))
 
     def _last_uses(self) -> dict[str, int]:
         last: dict[str, int] = {}
@@ -161,14 +223,14 @@ class StreamExecutor:
         compute (see :meth:`finish`)."""
         if stop <= self.pos:
             return
-        nodes = self.nodes[self.pos : stop]
-        threaded = None
+        streams = []
         if self.float_live(stop):
-            threaded = self._run(nodes, self.float_env, False, stop, full_opt=report_only)
+            streams.append((self.float_env, False))
         elif self.float_env:
             self.float_env = []  # nothing reads the float stream any more: free its activations
-        if self.quant_stream:  # the same nodes on the same shapes: the float stream's measurement decides
-            self._run(nodes, self.quant_env, True, stop, full_opt=report_only, threaded=threaded)
+        if self.quant_stream:
+            streams.append((self.quant_env, True))
+        self._run(self.nodes[self.pos : stop], streams, stop, full_opt=report_only)
         self.pos = stop
 
     def float_live(self, stop: int) -> bool:
@@ -193,21 +255,18 @@ class StreamExecutor:
 
     def _float_outputs(self) -> None:
         """The float model's outputs on every feed, from one whole run of the model as it is (no segment copy of its
-        graph to build: on MiniLM 0.6 s instead of 0.76 s), on a thread pool at full graph optimisation."""
-        sess = cpu_session(self.model)
+        graph to build: on MiniLM 0.6 s instead of 0.76 s), at full graph optimisation."""
+        sess = cpu_session(self.model, threads=1, shared=True)
         self.sessions += 1
         names = {i.name for i in sess.get_inputs()}
-        self.float_env = []
-        for feed in self.feeds:
-            values = sess.run(self.outputs, {k: v for k, v in feed.items() if k in names})
-            self.float_env.append(dict(zip(self.outputs, values, strict=True)))
+        runs = self._map(lambda f: sess.run(self.outputs, {k: v for k, v in f.items() if k in names}), self.feeds)
+        self.float_env = [dict(zip(self.outputs, values, strict=True)) for values in runs]
 
     def _whole(self, envs: list[dict[str, np.ndarray]], quant: bool) -> None:
-        """Run every node on ``envs`` from the feeds, at full graph optimisation on onnxruntime's thread pool: what
-        it computes feeds only the report's model-output SQNR, never a weight, so the segments' single-thread first
-        run and bit-for-bit check of the pool (a second session and run) are not needed here."""
+        """Run every node on ``envs`` from the feeds, at full graph optimisation: what it computes feeds only the
+        report's model-output SQNR, never a weight."""
         start, self.pos = self.pos, 0
-        self._run(self.nodes, envs, quant, len(self.nodes), full_opt=True, threaded=True)
+        self._run(self.nodes, [(envs, quant)], len(self.nodes), full_opt=True)
         self.pos = start
 
     def _segment(
@@ -247,52 +306,27 @@ class StreamExecutor:
     def _run(
         self,
         nodes: list[onnx.NodeProto],
-        envs: list[dict[str, np.ndarray]],
-        quant: bool,
+        streams: list[tuple[list[dict[str, np.ndarray]], bool]],
         stop: int,
         full_opt: bool,
-        threaded: bool | None = None,
-    ) -> bool:
-        """Run ``nodes`` on every feed of one stream; ``threaded`` None measures the first feed on one thread to
-        decide (``THREADED_AFTER_S``). Returns whether the thread pool was used."""
-        model = self._segment(nodes, envs[0], quant, stop)
-        keep = [o.name for o in model.graph.output]
-        if not keep:
-            return bool(threaded)
-        data = model.SerializeToString()
-        basic = not full_opt
-        sess = cpu_session(data, basic=basic, threads=0 if threaded else 1)
-        self.sessions += 1
-        names = [i.name for i in sess.get_inputs()]
-        for i, env in enumerate(envs):
-            feed = {k: env[k] for k in names}
-            start = time.thread_time()  # a single-threaded session runs in this thread; a busy machine adds nothing
-            values = sess.run(keep, feed)
-            if threaded is None and i == 0 and (time.thread_time() - start) * (len(envs) - 1) > THREADED_AFTER_S:
-                pooled = self._same_threaded(data, basic, keep, feed, values)  # a long segment: a pool may pay
-                threaded = pooled is not None
-                sess = pooled or sess
+    ) -> None:
+        """Run ``nodes`` on every feed of every stream given as (environments, quantized); all the runs go to the
+        pool at once, and their outputs enter the environments in order."""
+        runs = []
+        for envs, quant in streams:
+            model = self._segment(nodes, envs[0], quant, stop)
+            keep = [o.name for o in model.graph.output]
+            if not keep:
+                continue
+            sess = cpu_session(model.SerializeToString(), basic=not full_opt, threads=1, shared=True)
+            self.sessions += 1
+            names = [i.name for i in sess.get_inputs()]
+            runs += [(sess, keep, env, {k: env[k] for k in names}) for env in envs]
+        outputs = self._map(lambda r: r[0].run(r[1], r[3]), runs)
+        for (_, keep, env, _), values in zip(runs, outputs, strict=True):
             env.update(zip(keep, values, strict=True))
             for name in [k for k in env if self.last_use.get(k, -1) < stop]:
                 del env[name]
-        return bool(threaded)
-
-    def _same_threaded(
-        self, data: bytes, basic: bool, keep: list[str], feed: dict[str, np.ndarray], single: list[np.ndarray]
-    ) -> ort.InferenceSession | None:
-        """A session on onnxruntime's thread pool, if it gives the single-threaded outputs bit for bit on ``feed``.
-
-        Whether a segment goes threaded is decided by timing, which varies from run to run; the calibrated model
-        must not. MLAS splits its work by output rows and columns, so the results were identical on six task
-        models, but an op that splits a reduction across threads would not be: such a segment stays on one thread
-        (one extra run of one feed, for segments long enough to be threaded)."""
-        sess = cpu_session(data, basic=basic)
-        self.sessions += 1
-        pooled = sess.run(keep, feed)
-        if all(_identical(a, b) for a, b in zip(single, pooled, strict=True)):
-            return sess
-        logger.debug("segment ending at %s stays single-threaded: the thread pool changes its results", keep[0])
-        return None
 
     def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]

@@ -95,29 +95,56 @@ def calibrate(
     bias_correction: bool = True,
     compensation: float | None = None,
     error_feedback: bool = DEFAULT_ERROR_FEEDBACK,
+    jobs: int = 1,
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free, and so do
     those in If branches the calibration feeds do not take (:mod:`.branches`).
 
     ``error_feedback`` also tries the GPTQ-style assignment of :mod:`feedback` on every refitted convolution
     (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error. ``compensation`` None gives each
-    layer the default of its op type (:func:`compensation_for`)."""
+    layer the default of its op type (:func:`compensation_for`). ``jobs`` threads run the calibration batches
+    through onnxruntime at once; the result does not depend on it."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
     summary.outcomes.update(unreached)
     # a layer refitted with compensation 0 reads only the quantized stream: the float one stops after the last
     # layer that reads it (on MiniLM, all MatMul, it never runs: no float segments, one Gram product instead of three)
     readers = [p.node_index for p in plans if _reads_float(p, mode, compensation)]
-    ex = StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, float_until=max(readers, default=0))
-    t_run = t_fit = 0.0
     fb_s = [0.0]
+    with StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, max(readers, default=0), jobs) as ex:
+
+        def refine(plan: LayerPlan) -> LayerOutcome:
+            return _calibrate_one(ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s)
+
+        t_run, t_fit = _walk(ex, plans, refine, summary, progress)
+        t0 = time.perf_counter()
+        ex.finish()
+        ref, out = ex.graph_outputs()
+        summary.sessions = ex.sessions
+    summary.model_sqnr_db = model_output_sqnr(ref, out)
+    summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
+    if error_feedback:
+        summary.timings["calib_feedback_s"] = fb_s[0]  # part of calib_fit_s
+    return summary
+
+
+def _walk(
+    ex: StreamExecutor,
+    plans: list[LayerPlan],
+    refine: Callable[[LayerPlan], LayerOutcome],
+    summary: CalibrationSummary,
+    progress: Callable[[int, int, str], None] | None,
+) -> tuple[float, float]:
+    """Refine the layers in topological order, each on the streams as its predecessors left them; returns the
+    seconds spent running onnxruntime and fitting."""
+    t_run = t_fit = 0.0
     for i, plan in enumerate(sorted(plans, key=lambda p: p.node_index)):
         if progress:
             progress(i, len(plans), plan.weight)
         t0 = time.perf_counter()
         ex.advance(plan.node_index)
         t1 = time.perf_counter()
-        outcome = _calibrate_one(ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s)
+        outcome = refine(plan)
         t2 = time.perf_counter()
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
         if outcome.bias_delta is not None:
@@ -128,15 +155,7 @@ def calibrate(
         summary.outcomes[plan.weight] = outcome
         t_run += (t1 - t0) + (time.perf_counter() - t2)
         t_fit += t2 - t1
-    t0 = time.perf_counter()
-    ex.finish()
-    ref, out = ex.graph_outputs()
-    summary.model_sqnr_db = model_output_sqnr(ref, out)
-    summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
-    if error_feedback:
-        summary.timings["calib_feedback_s"] = fb_s[0]  # part of calib_fit_s
-    summary.sessions = ex.sessions
-    return summary
+    return t_run, t_fit
 
 
 def _reads_float(plan: LayerPlan, mode: CalibrationMode, compensation: float | None) -> bool:
