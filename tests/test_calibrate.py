@@ -258,7 +258,7 @@ def test_thread_count_does_not_change_the_streams(conv_model, rng, monkeypatch, 
 def test_shared_sessions_take_the_environment_arena(conv_model):
     """A shared session allocates from the arena registered once for the process (faulting memory in afresh for
     every segment's own arena cost det 19 GB of page faults); release_arena may run any number of times."""
-    from onnx_statq.calibrate.executor import cpu_session, release_arena
+    from onnx_statq.calibrate.runtime import cpu_session, release_arena
 
     m = conv_model()
     shared, own = cpu_session(m, basic=True, threads=1, shared=True), cpu_session(m, basic=True, threads=1)

@@ -21,7 +21,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..plan import LayerOutcome, LayerPlan
-from .executor import cpu_session, model_like, subgraph_inputs
+from .executor import model_like, subgraph_inputs
+from .runtime import cpu_session
 
 __all__ = ["inline_taken_branches"]
 

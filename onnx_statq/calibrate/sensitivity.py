@@ -66,7 +66,7 @@ def measure_sensitivities(
 ) -> dict[str, float]:
     """Output relative error per unit of relative weight error, per probe (float outputs and non-float ones are
     compared as floats; a probe whose weight error is 0 gets 0)."""
-    from .executor import cpu_session
+    from .runtime import cpu_session
 
     sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
     base = {p.name: p.values for p in probes}
