@@ -290,7 +290,8 @@ def main() -> None:
     "--jobs",
     type=click.IntRange(1),
     default=None,
-    help="Threads for the per-weight numerics; the output is the same for any N, 1 runs one weight at a time. "
+    help="Threads for the per-weight numerics and the calibration batches; the output is the same for any N, 1 "
+    "runs one weight (and one batch) at a time. "
     f"[the CPUs available, at most {MAX_DEFAULT_JOBS}]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")

@@ -75,7 +75,7 @@ class QuantConfig:
     target_sqnr: float | None = None  # per-layer weight SQNR in dB: each layer gets the fewest bits that meet it
     size_ratio: float | None = None  # whole-model budget: the output this many times smaller than the input
     sensitivity: bool = False  # with calibration data, weigh each layer's error by its measured output sensitivity
-    jobs: int | None = None  # threads for the per-weight numerics; None: ``default_jobs()``; the output is the same
+    jobs: int | None = None  # threads for the per-weight numerics and calibration batches; None: ``default_jobs()``
     nodes: Mapping[str, LayerSettings] = field(default_factory=dict)
     op_types: Mapping[str, LayerSettings] = field(default_factory=dict)
 
@@ -144,8 +144,9 @@ class QuantConfig:
 
     @property
     def workers(self) -> int:
-        """Threads the pass encodes on: ``jobs``, or by default one per available CPU up to a cap (the value is
-        left unresolved in the config, so a config file or report carries no count of the machine that wrote it)."""
+        """Threads the pass encodes on, and calibration runs its batches on: ``jobs``, or by default one per
+        available CPU up to a cap (the value is left unresolved in the config, so a config file or report carries no
+        count of the machine that wrote it)."""
         return self.jobs if self.jobs is not None else default_jobs()
 
     @property

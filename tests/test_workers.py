@@ -148,3 +148,24 @@ def test_quantize_takes_jobs_as_an_option(conv_model):
     a, b = quantize(m, min_size=100, jobs=1), quantize(m, min_size=100, jobs=2)
     assert a.SerializeToString() == b.SerializeToString()
     assert {"w1", "w2", "fc", "head"}.isdisjoint(t.name for t in b.graph.initializer)  # every weight was encoded
+
+
+def test_jobs_also_run_the_calibration_batches_with_the_same_bytes(conv_model, rng, monkeypatch):
+    """``jobs`` reaches the calibration executor (its batches on a pool of that size), and the calibrated model is
+    the same bytes for any number of threads."""
+    from onnx_statq.calibrate import executor
+
+    seen: list[int] = []
+    init = executor.StreamExecutor.__init__
+
+    def spying(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        seen.append(self._pool._max_workers if self._pool is not None else 1)
+
+    monkeypatch.setattr(executor.StreamExecutor, "__init__", spying)
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype("float32")} for _ in range(4)]
+    one = quantize(m, QuantConfig(min_size=100, bits=3, jobs=1), calib=feeds, calib_samples=None)
+    many = quantize(m, QuantConfig(min_size=100, bits=3, jobs=3), calib=feeds, calib_samples=None)
+    assert seen == [1, 3]
+    assert many.SerializeToString() == one.SerializeToString()
