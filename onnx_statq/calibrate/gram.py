@@ -22,6 +22,22 @@ MAX_ROWS = 8192  # patch rows kept per layer over all batches: enough for Gram s
 
 _FIELDS = ("gqq", "gqf", "gff", "sum_q", "sum_f")
 
+_Products = tuple[tuple[np.ndarray, ...], int]  # (one batch's terms of _FIELDS, in that order; its rows)
+
+
+def _products(pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> _Products:
+    """One batch's Gram terms, strided down to ``row_cap`` rows. The products run in float32 (BLAS at twice the
+    speed of float64, which was most of the calibration time) and accumulate in float64 for the solves."""
+    if pq.shape[0] > row_cap:
+        step = -(-pq.shape[0] // row_cap)
+        pq, pf = pq[::step], pf[::step]
+    pq32, pf32 = pq.astype(np.float32, copy=False), pf.astype(np.float32, copy=False)
+    gqq = (pq32.T @ pq32).astype(np.float64)
+    same = pq is pf  # independent mode: both streams are the float one
+    gqf = gqq if same else (pq32.T @ pf32).astype(np.float64)
+    gff = gqq if same else (pf32.T @ pf32).astype(np.float64)
+    return (gqq, gqf, gff, pq.sum(0, dtype=np.float64), pf.sum(0, dtype=np.float64)), pq.shape[0]
+
 
 @dataclass
 class GramStats:
@@ -42,30 +58,23 @@ class GramStats:
     batches: int = 0
 
     def add(self, pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> None:
-        """Accumulate one batch, strided down to ``row_cap`` rows. The products run in float32 (BLAS at twice the
-        speed of float64, which was most of the calibration time) and accumulate in float64 for the solves."""
-        if pq.shape[0] > row_cap:
-            step = -(-pq.shape[0] // row_cap)
-            pq, pf = pq[::step], pf[::step]
-        self._accumulate(pq, pf)
+        """Accumulate one batch, strided down to ``row_cap`` rows; an even batch's products also enter the
+        held-out split (the same arrays: they were computed twice before, a quarter more Gram work per layer)."""
+        parts = _products(pq, pf, row_cap)
+        self._accumulate(parts)
         if self.split and self.batches % 2 == 0:
             self.half = self.half or GramStats()
-            self.half._accumulate(pq, pf)
+            self.half._accumulate(parts)
         self.batches += 1
 
-    def _accumulate(self, pq: np.ndarray, pf: np.ndarray) -> None:
-        pq32, pf32 = pq.astype(np.float32, copy=False), pf.astype(np.float32, copy=False)
-        gqq = (pq32.T @ pq32).astype(np.float64)
-        same = pq is pf  # independent mode: both streams are the float one
-        gqf = gqq if same else (pq32.T @ pf32).astype(np.float64)
-        gff = gqq if same else (pf32.T @ pf32).astype(np.float64)
-        parts = (gqq, gqf, gff, pq.sum(0, dtype=np.float64), pf.sum(0, dtype=np.float64))
+    def _accumulate(self, parts: _Products) -> None:
+        sums, rows = parts
         if self.gqq is None:
-            self.gqq, self.gqf, self.gff, self.sum_q, self.sum_f = parts
+            self.gqq, self.gqf, self.gff, self.sum_q, self.sum_f = sums
         else:
-            for name, p in zip(_FIELDS, parts, strict=True):
+            for name, p in zip(_FIELDS, sums, strict=True):
                 setattr(self, name, getattr(self, name) + p)
-        self.rows += pq.shape[0]
+        self.rows += rows
 
     def halves(self) -> tuple[GramStats, GramStats] | None:
         """(fit half, held-out rest), or None without a split or with too few rows to hold any out."""
