@@ -105,6 +105,7 @@ class StreamExecutor:
         self.close()
 
     def close(self) -> None:
+        """Stop the batch threads and give the shared arena's free memory back (the pass goes on to save)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

@@ -59,7 +59,7 @@ def cpu_session(
 ) -> ort.InferenceSession:
     """A quiet CPU session; ``basic`` keeps graph optimisation to the basic level (segments run once, so heavier
     optimisation would cost more than it saves); ``threads`` 0 is onnxruntime's default pool, whose results may
-    depend on the thread count (the executor's sessions take 1, see the note above); ``shared`` takes memory from
+    depend on the thread count (the executor's sessions take 1: see :mod:`.executor`); ``shared`` takes memory from
     the process's shared arena (see the module's note). ``model`` may come serialised."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
