@@ -353,3 +353,31 @@ def test_layers_refitted_without_compensation_never_read_the_float_stream(conv_m
     ops = [n.op_type for n in m.graph.node]
     assert stops == [ops.index("Gemm"), ops.index("MatMul")]  # the head reads the float stream only when forced
     assert short.SerializeToString() == whole.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("op", "weight_shape", "attrs", "x_shape"),
+    [
+        ("Conv", (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, (2, 3, 9, 7)),
+        ("Conv", (4, 3, 3, 2), {"strides": [2, 1], "dilations": [1, 2], "pads": [0, 1, 2, 0]}, (3, 3, 11, 8)),
+        ("Conv", (5, 2, 3), {"pads": [1, 1], "strides": [2]}, (2, 2, 13)),  # 1-D
+        ("MatMul", (6, 4), {}, (2, 5, 6)),
+    ],
+)
+@pytest.mark.parametrize("row_cap", [1, 7, 50, 10_000])
+def test_capped_patches_are_the_rows_the_gram_statistics_keep(rng, op, weight_shape, attrs, x_shape, row_cap):
+    """patches(..., row_cap) gathers only the rows GramStats would keep of the full im2col (every step-th), the same
+    values in the same order, so the statistics are bit for bit those of striding the full matrix."""
+    from onnx_statq.calibrate.refit import GramStats, LayerGeometry, patches
+
+    geo = LayerGeometry(op, attrs, weight_shape)
+    xq, xf = (rng.standard_normal(x_shape).astype(np.float32) for _ in range(2))
+    full, capped = GramStats(), GramStats()
+    full.add(patches(geo, xq), patches(geo, xf), row_cap)
+    capped.add(patches(geo, xq, row_cap), patches(geo, xf, row_cap), row_cap)
+    whole = patches(geo, xq)
+    step = -(-whole.shape[0] // row_cap) if whole.shape[0] > row_cap else 1
+    assert np.array_equal(patches(geo, xq, row_cap), whole[::step])
+    assert full.rows == capped.rows <= max(row_cap, 1)
+    for name in ("gqq", "gqf", "gff", "sum_q", "sum_f"):
+        assert getattr(full, name).tobytes() == getattr(capped, name).tobytes()

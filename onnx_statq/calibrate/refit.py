@@ -74,10 +74,15 @@ def supported(op: str, attrs: dict[str, Any], weight_shape: tuple[int, ...], slo
     return f"{op} is not refitted"
 
 
-def patches(geo: LayerGeometry, x: np.ndarray) -> np.ndarray:
-    """``[rows, n_in]`` patches whose product with ``rows(W).T`` is the layer output (without bias)."""
+def patches(geo: LayerGeometry, x: np.ndarray, row_cap: int | None = None) -> np.ndarray:
+    """``[rows, n_in]`` patches whose product with ``rows(W).T`` is the layer output (without bias).
+
+    ``row_cap``: only every ``step``-th row, ``step = ceil(rows / row_cap)``, the rows :class:`GramStats` keeps of a
+    batch, gathered without building the others. A convolution's full im2col is ``n_in`` times its input: on
+    PP-OCRv6 det, 156 MB per batch for a layer whose statistics keep 512 rows of it."""
     if geo.op != "Conv":
-        return x.reshape(-1, x.shape[-1]).astype(np.float32)
+        flat = x.reshape(-1, x.shape[-1])
+        return flat[:: _row_step(flat.shape[0], row_cap)].astype(np.float32)
     one_d = len(geo.weight_shape) == 3
     if one_d:
         x = x[:, :, None, :]
@@ -92,7 +97,16 @@ def patches(geo: LayerGeometry, x: np.ndarray) -> np.ndarray:
     win = sliding_window_view(xp, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3))
     win = win[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]]
     n, c, oh, ow = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw).astype(np.float32)
+    step = _row_step(n * oh * ow, row_cap)
+    if step == 1:
+        return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw).astype(np.float32)
+    image, at = np.divmod(np.arange(0, n * oh * ow, step), oh * ow)  # rows in (image, y, x) order, as unstrided
+    y, x_ = np.divmod(at, ow)
+    return win[image, :, y, x_].reshape(image.size, c * kh * kw).astype(np.float32)
+
+
+def _row_step(rows: int, row_cap: int | None) -> int:
+    return 1 if row_cap is None or rows <= row_cap else -(-rows // row_cap)
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,8 @@ def _calibrate_one(
         xf_all = ex.inputs(plan.input_name, quant=False) if _reads_float(plan, mode, compensation) else xq_all
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     for xq, xf in zip(xq_all, xf_all, strict=True):
-        pf = patches(geo, xf)
-        stats.add(pf if xq is xf else patches(geo, xq), pf, cap)
+        pf = patches(geo, xf, cap)
+        stats.add(pf if xq is xf else patches(geo, xq, cap), pf, cap)
     lam = compensation_for(plan.op, compensation)
     result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback)
     fb_s[0] += result.feedback_s
