@@ -192,7 +192,9 @@ def test_error_feedback_assignment_is_rounding_on_uncorrelated_inputs(rng):
 
 def test_error_feedback_never_worse_than_plain_refit(rng):
     """The guard keeps, per codebook, the better of nearest+refit and feedback+refit on the calibration error."""
-    from onnx_statq.calibrate.refit import GramStats, LayerGeometry, refit_layer
+    from onnx_statq.calibrate.geometry import LayerGeometry
+    from onnx_statq.calibrate.gram import GramStats
+    from onnx_statq.calibrate.refit import refit_layer
     from onnx_statq.codebook import encode_tensor
 
     w = (0.1 * rng.standard_normal((48, 24))).astype(np.float32)
@@ -368,7 +370,8 @@ def test_layers_refitted_without_compensation_never_read_the_float_stream(conv_m
 def test_capped_patches_are_the_rows_the_gram_statistics_keep(rng, op, weight_shape, attrs, x_shape, row_cap):
     """patches(..., row_cap) gathers only the rows GramStats would keep of the full im2col (every step-th), the same
     values in the same order, so the statistics are bit for bit those of striding the full matrix."""
-    from onnx_statq.calibrate.refit import GramStats, LayerGeometry, patches
+    from onnx_statq.calibrate.geometry import LayerGeometry, patches
+    from onnx_statq.calibrate.gram import GramStats
 
     geo = LayerGeometry(op, attrs, weight_shape)
     xq, xf = (rng.standard_normal(x_shape).astype(np.float32) for _ in range(2))

@@ -18,8 +18,9 @@ import onnx
 from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .branches import inline_taken_branches
 from .executor import StreamExecutor
+from .geometry import LayerGeometry, patches, supported
 from .gram import MAX_ROWS, GramStats
-from .refit import LayerGeometry, patches, refit_layer, supported
+from .refit import refit_layer
 
 __all__ = ["DEFAULT_COMPENSATION", "OP_COMPENSATION", "calibrate", "compensation_for", "model_output_sqnr"]
 
