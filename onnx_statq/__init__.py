@@ -1,5 +1,9 @@
 """onnx-statq: statistical codebook quantization of ONNX models, decoded by standard ONNX ops."""
 
+from ._blas import shorten_blas_spin
+
+shorten_blas_spin()  # before anything imports numpy: see _blas.py
+
 from .api import quantize, quantize_file
 from .codebook import Granularity, Method
 from .config import LayerSettings, QuantConfig
