@@ -58,8 +58,10 @@ from typing import Any
 if not __package__:  # Run as a script: import the package from the repo root, not this folder,
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # where tasks/magika.py would shadow magika.
 
-# As the CLI runs (onnx_statq/_blas.py): OpenBLAS's workers sleep right after each call instead of spinning on the
-# cores the next segment's onnxruntime runs need. OpenBLAS reads this only when numpy loads it, hence here.
+# As the CLI runs (onnx_statq/_blas.py, SPIN_TIMEOUT): OpenBLAS's workers sleep right after each call instead of
+# spinning on the cores the next segment's onnxruntime runs need. OpenBLAS reads this only when numpy loads it, hence
+# here; the value is repeated because importing it would import the package after the sys.path fix and before numpy,
+# which the import sorter does not keep.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np

@@ -19,10 +19,7 @@ __all__ = ["SPIN_TIMEOUT", "shorten_blas_spin"]
 SPIN_TIMEOUT = "4"  # OpenBLAS's minimum: 2^4 cycles
 
 
-def shorten_blas_spin() -> bool:
-    """Set ``OPENBLAS_THREAD_TIMEOUT`` unless numpy is already loaded or the variable is set; returns whether the
-    process's OpenBLAS will see this module's value."""
-    if "numpy" in sys.modules:
-        return False
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", SPIN_TIMEOUT)
-    return os.environ["OPENBLAS_THREAD_TIMEOUT"] == SPIN_TIMEOUT
+def shorten_blas_spin() -> None:
+    """Set ``OPENBLAS_THREAD_TIMEOUT`` unless numpy is already loaded (too late) or the user has set it."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", SPIN_TIMEOUT)

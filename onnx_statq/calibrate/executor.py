@@ -9,7 +9,6 @@ graph with some initializers replaced.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -21,8 +20,6 @@ from onnx import helper, numpy_helper
 from .runtime import cpu_session, release_arena
 
 __all__ = ["StreamExecutor", "model_like", "subgraph_inputs"]
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .gram import row_step
+
 __all__ = ["LayerGeometry", "patches", "supported"]
 
 
@@ -66,7 +68,7 @@ def patches(geo: LayerGeometry, x: np.ndarray, row_cap: int | None = None) -> np
     PP-OCRv6 det, 156 MB per batch for a layer whose statistics keep 512 rows of it."""
     if geo.op != "Conv":
         flat = x.reshape(-1, x.shape[-1])
-        return flat[:: _row_step(flat.shape[0], row_cap)].astype(np.float32)
+        return flat[:: row_step(flat.shape[0], row_cap)].astype(np.float32)
     one_d = len(geo.weight_shape) == 3
     if one_d:
         x = x[:, :, None, :]
@@ -81,13 +83,9 @@ def patches(geo: LayerGeometry, x: np.ndarray, row_cap: int | None = None) -> np
     win = sliding_window_view(xp, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3))
     win = win[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]]
     n, c, oh, ow = win.shape[:4]
-    step = _row_step(n * oh * ow, row_cap)
+    step = row_step(n * oh * ow, row_cap)
     if step == 1:
         return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw).astype(np.float32)
     image, at = np.divmod(np.arange(0, n * oh * ow, step), oh * ow)  # rows in (image, y, x) order, as unstrided
     y, x_ = np.divmod(at, ow)
     return win[image, :, y, x_].reshape(image.size, c * kh * kw).astype(np.float32)
-
-
-def _row_step(rows: int, row_cap: int | None) -> int:
-    return 1 if row_cap is None or rows <= row_cap else -(-rows // row_cap)

@@ -16,20 +16,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAX_ROWS", "GramStats"]
+__all__ = ["MAX_ROWS", "GramStats", "row_step"]
 
 MAX_ROWS = 8192  # patch rows kept per layer over all batches: enough for Gram statistics, bounded cost
 
 _FIELDS = ("gqq", "gqf", "gff", "sum_q", "sum_f")
 
-_Products = tuple[tuple[np.ndarray, ...], int]  # (one batch's terms of _FIELDS, in that order; its rows)
+_Terms = tuple[tuple[np.ndarray, ...], int]  # (one batch's terms of _FIELDS, in that order; its rows)
 
 
-def _products(pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> _Products:
+def row_step(rows: int, row_cap: int | None) -> int:
+    """The stride that leaves at most ``row_cap`` of ``rows`` patch rows (1: keep them all)."""
+    return 1 if row_cap is None or rows <= row_cap else -(-rows // row_cap)
+
+
+def _terms(pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> _Terms:
     """One batch's Gram terms, strided down to ``row_cap`` rows. The products run in float32 (BLAS at twice the
     speed of float64, which was most of the calibration time) and accumulate in float64 for the solves."""
-    if pq.shape[0] > row_cap:
-        step = -(-pq.shape[0] // row_cap)
+    step = row_step(pq.shape[0], row_cap)
+    if step > 1:  # unstrided, ``pq is pf`` still tells independent mode below
         pq, pf = pq[::step], pf[::step]
     pq32, pf32 = pq.astype(np.float32, copy=False), pf.astype(np.float32, copy=False)
     gqq = (pq32.T @ pq32).astype(np.float64)
@@ -60,14 +65,14 @@ class GramStats:
     def add(self, pq: np.ndarray, pf: np.ndarray, row_cap: int = MAX_ROWS) -> None:
         """Accumulate one batch, strided down to ``row_cap`` rows; an even batch's products also enter the
         held-out split (the same arrays: they were computed twice before, a quarter more Gram work per layer)."""
-        parts = _products(pq, pf, row_cap)
+        parts = _terms(pq, pf, row_cap)
         self._accumulate(parts)
         if self.split and self.batches % 2 == 0:
             self.half = self.half or GramStats()
             self.half._accumulate(parts)
         self.batches += 1
 
-    def _accumulate(self, parts: _Products) -> None:
+    def _accumulate(self, parts: _Terms) -> None:
         sums, rows = parts
         if self.gqq is None:
             self.gqq, self.gqf, self.gff, self.sum_q, self.sum_f = sums
