@@ -20,6 +20,7 @@ from .report import Report
 from .workers import default_jobs
 
 __all__ = [
+    "DEFAULT_CALIB_MASK",
     "DEFAULT_CALIB_SAMPLES",
     "VERIFY_MAX_SAMPLES",
     "make_refiner",
@@ -31,6 +32,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_CALIB_SAMPLES = 64
+DEFAULT_CALIB_MASK = "auto"  # an input named attention_mask, if the model has one (calibrate/masks.py)
 DEFAULT_COMPENSATION = None  # per op type: 0 on MatMul, 0.5 elsewhere (calibrate/session.py, docs/calibration.md)
 VERIFY_MAX_SAMPLES = 256  # the check holds the float model's outputs on every verification sample at once
 
@@ -50,15 +52,24 @@ class _Calibration:
         progress: Callable[[int, int, str], None] | None,
         compensation: float | None,
         jobs: int | None,
+        mask_input: str | None = None,
     ) -> None:
         self.feeds, self.mode, self.progress, self.compensation = feeds, mode, progress, compensation
         self.jobs = default_jobs() if jobs is None else jobs
+        self.mask_input = mask_input
 
     def __call__(self, model: onnx.ModelProto, plans: list[LayerPlan]) -> CalibrationSummary:
         from .calibrate import calibrate
 
         return calibrate(
-            model, self.feeds, plans, self.mode, self.progress, compensation=self.compensation, jobs=self.jobs
+            model,
+            self.feeds,
+            plans,
+            self.mode,
+            self.progress,
+            compensation=self.compensation,
+            jobs=self.jobs,
+            mask_input=self.mask_input,
         )
 
     def sensitivities(self, model: onnx.ModelProto, probes: list[SensitivityProbe]) -> dict[str, float]:
@@ -75,19 +86,26 @@ def make_refiner(
     progress: Callable[[int, int, str], None] | None = None,
     compensation: float | None = DEFAULT_COMPENSATION,
     jobs: int | None = None,
+    mask: str | None = DEFAULT_CALIB_MASK,
 ) -> Refiner | None:
     """Load and check calibration data now (errors before any work), and return the pass's refiner (which the
     pass also asks for layer sensitivities, see :class:`~onnx_statq.graph.pass_.StatqPass`). ``jobs``: threads
-    running calibration batches at once (None: one per CPU, as the config's default); the result is the same."""
+    running calibration batches at once (None: one per CPU, as the config's default); the result is the same.
+    ``mask``: the ``[batch, sequence]`` input whose zeros mark padding the MatMul refits leave out; ``"auto"``
+    takes an input named ``attention_mask``, ``"none"`` fits every position (:mod:`onnx_statq.calibrate.masks`)."""
     mode = CalibrationMode(mode)
     if calib is None or mode == CalibrationMode.NONE:
         return None
     from .calibrate import load_calibration, model_inputs  # onnxruntime only when calibrating
+    from .calibrate.masks import feed_masks, resolve_mask_input
 
-    feeds = load_calibration(calib, model_inputs(model), samples)
+    specs = model_inputs(model)
+    mask_input = resolve_mask_input(mask, specs)
+    feeds = load_calibration(calib, specs, samples)
+    feed_masks(feeds, mask_input)  # a mask of the wrong shape is an error now, not halfway through calibration
     if compensation is not None and not 0.0 <= compensation <= 1.0:
         raise ConfigError(f"calibration compensation must be between 0 and 1, got {compensation}")
-    return _Calibration(feeds, mode, progress, compensation, jobs)
+    return _Calibration(feeds, mode, progress, compensation, jobs, mask_input)
 
 
 def quantize(
@@ -98,6 +116,7 @@ def quantize(
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
     calib_compensation: float | None = DEFAULT_COMPENSATION,
+    calib_mask: str | None = DEFAULT_CALIB_MASK,
     **options: Any,
 ) -> onnx.ModelProto:
     """Quantize a model (a ModelProto, or a path to load) and return the quantized ModelProto.
@@ -109,7 +128,7 @@ def quantize(
     proto = load_model(model, lazy=lazy) if isinstance(model, (str, os.PathLike)) else model
     base = Path(model).parent if lazy and isinstance(model, (str, os.PathLike)) else None
     cfg = _config(config, options)
-    refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation, cfg.workers)
+    refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation, cfg.workers, calib_mask)
     return StatqPass(cfg, refiner=refiner)(proto, base_dir=base).model
 
 
@@ -124,6 +143,7 @@ def quantize_file(
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
     calib_mode: CalibrationMode | str = CalibrationMode.SEQUENTIAL,
     calib_compensation: float | None = DEFAULT_COMPENSATION,
+    calib_mask: str | None = DEFAULT_CALIB_MASK,
     verify_data: Any = None,
 ) -> Report:
     """Load, quantize, save atomically and verify in onnxruntime; returns the full report.
@@ -142,7 +162,9 @@ def quantize_file(
     zipped_before = ZipSizer(inputs)  # deflating a large input takes as long as the pass: run it alongside
     try:
         cfg = config or QuantConfig()
-        refiner = make_refiner(model, calib, calib_samples, calib_mode, progress, calib_compensation, cfg.workers)
+        refiner = make_refiner(
+            model, calib, calib_samples, calib_mode, progress, calib_compensation, cfg.workers, calib_mask
+        )
         t1 = time.perf_counter()
         base = src_p.parent if lazy else None
         result: PassResult = StatqPass(cfg, progress=progress, refiner=refiner)(model, base_dir=base)

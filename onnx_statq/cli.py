@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .api import DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, VERIFY_MAX_SAMPLES, quantize_file
+from .api import DEFAULT_CALIB_MASK, DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, VERIFY_MAX_SAMPLES, quantize_file
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import OutputError, StatqError
@@ -255,6 +255,14 @@ def main() -> None:
     "Default: 0 on MatMul layers (transformer residual blocks), 0.5 on the others.",
 )
 @click.option(
+    "--calib-mask",
+    default=DEFAULT_CALIB_MASK,
+    show_default=True,
+    metavar="INPUT|auto|none",
+    help="A [batch, sequence] input whose zeros mark padding: MatMul layers are fitted on the real tokens only. "
+    "auto: an input named attention_mask, if any; none: fit every position.",
+)
+@click.option(
     "--calib-sensitivity",
     "sensitivity",
     is_flag=True,
@@ -349,6 +357,7 @@ def _quantize(**opts: Any) -> None:
             calib_samples=opts["calib_samples"],
             calib_mode=opts["calib_mode"],
             calib_compensation=opts["calib_compensation"],
+            calib_mask=opts["calib_mask"],
             verify_data=opts["verify_data"],
         )
     finally:

@@ -61,6 +61,7 @@ class CalibrationSummary:
     sessions: int = 0
     mode: str = ""
     samples: int = 0
+    mask_input: str | None = None  # the padding mask the MatMul refits read (calibrate/masks.py), if any
 
 
 Refiner = Callable[[onnx.ModelProto, list[LayerPlan]], CalibrationSummary]

@@ -29,7 +29,7 @@ from olive.passes.onnx.common import get_external_data_config, model_proto_to_ol
 from olive.passes.pass_config import BasePassConfig, ParamCategory, PassConfigParam
 
 from onnx_statq import NoWeightsError, QuantConfig, StatqPass
-from onnx_statq.api import DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, make_refiner
+from onnx_statq.api import DEFAULT_CALIB_MASK, DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, make_refiner
 
 __all__ = ["PASS_NAME", "OnnxStatqQuantization", "package_config"]
 
@@ -74,6 +74,9 @@ class OnnxStatqQuantization(Pass):
             "calib_compensation": PassConfigParam(
                 type_=float | None, default_value=DEFAULT_COMPENSATION, description="0-1; None: 0 on MatMul, 0.5 else."
             ),
+            "calib_mask": PassConfigParam(
+                type_=str, default_value=DEFAULT_CALIB_MASK, description="Padding-mask input: a name, auto or none."
+            ),
             **get_external_data_config(),
         }
 
@@ -86,7 +89,13 @@ class OnnxStatqQuantization(Pass):
         refiner = None
         if config.calib:
             refiner = make_refiner(
-                proto, config.calib, config.calib_samples, config.calib_mode, None, config.calib_compensation
+                proto,
+                config.calib,
+                config.calib_samples,
+                config.calib_mode,
+                None,
+                config.calib_compensation,
+                mask=config.calib_mask,
             )
         with contextlib.suppress(NoWeightsError):  # nothing to quantize: the model goes on unchanged
             proto = StatqPass(statq, refiner=refiner)(proto).model

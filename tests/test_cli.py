@@ -17,6 +17,8 @@ import pytest
 from conftest import DIGITS, EXE, REPO, cli
 from onnx import TensorProto, helper
 
+DIGITS_CALIB = DIGITS.parent / "digits_calib.npz"
+
 
 def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -109,6 +111,7 @@ BAD_INPUTS = {
     "bad config key": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.json", b'{"bitz": 3}'))], 2),
     "bad config syntax": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.toml", b"bits = = 3"))], 2),
     "bad config value": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.json", b'{"bits": "x"}'))], 2),
+    "bad calib mask": (lambda t: DIGITS, ["--calib", str(DIGITS_CALIB), "--calib-mask", "attention_mask"], 2),
 }
 
 

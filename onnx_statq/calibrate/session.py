@@ -20,6 +20,7 @@ from .branches import inline_taken_branches
 from .executor import StreamExecutor
 from .geometry import LayerGeometry, patches, supported
 from .gram import MAX_ROWS, GramStats
+from .masks import feed_masks, real_rows
 from .refit import refit_layer
 
 __all__ = ["DEFAULT_COMPENSATION", "OP_COMPENSATION", "calibrate", "compensation_for", "model_output_sqnr"]
@@ -97,6 +98,7 @@ def calibrate(
     compensation: float | None = None,
     error_feedback: bool = DEFAULT_ERROR_FEEDBACK,
     jobs: int = 1,
+    mask_input: str | None = None,
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free, and so do
     those in If branches the calibration feeds do not take (:mod:`.branches`).
@@ -104,8 +106,11 @@ def calibrate(
     ``error_feedback`` also tries the GPTQ-style assignment of :mod:`feedback` on every refitted convolution
     (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error. ``compensation`` None gives each
     layer the default of its op type (:func:`compensation_for`). ``jobs`` threads run the calibration batches
-    through onnxruntime at once; the result does not depend on it."""
+    through onnxruntime at once; the result does not depend on it. ``mask_input``: a ``[batch, sequence]`` model
+    input whose zeros mark padding, which MatMul refits then leave out (:mod:`.masks`)."""
     summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
+    summary.mask_input = mask_input
+    masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
     summary.outcomes.update(unreached)
     # a layer refitted with compensation 0 reads only the quantized stream: the float one stops after the last
@@ -115,7 +120,9 @@ def calibrate(
     with StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, max(readers, default=0), jobs) as ex:
 
         def refine(plan: LayerPlan) -> LayerOutcome:
-            return _calibrate_one(ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s)
+            return _calibrate_one(
+                ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s, masks
+            )
 
         t_run, t_fit = _walk(ex, plans, refine, summary, progress)
         t0 = time.perf_counter()
@@ -178,6 +185,7 @@ def _calibrate_one(
     compensation: float | None,
     error_feedback: bool,
     fb_s: list[float],
+    masks: list[np.ndarray | None],
 ) -> LayerOutcome:
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
@@ -190,10 +198,12 @@ def _calibrate_one(
     else:
         xq_all = ex.inputs(plan.input_name, quant=True)
         xf_all = ex.inputs(plan.input_name, quant=False) if _reads_float(plan, mode, compensation) else xq_all
+    if plan.op != "MatMul":  # only a MatMul's rows are positions of a [batch, sequence] input
+        masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
-    for xq, xf in zip(xq_all, xf_all, strict=True):
-        pf = patches(geo, xf, cap)
-        stats.add(pf if xq is xf else patches(geo, xq, cap), pf, cap)
+    for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
+        pf = patches(geo, real_rows(xf, mask), cap)
+        stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap)
     lam = compensation_for(plan.op, compensation)
     result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback)
     fb_s[0] += result.feedback_s

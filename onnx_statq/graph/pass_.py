@@ -281,6 +281,7 @@ class StatqPass:
             "layers_calibrated": len(summary.outcomes),
             "model_output_sqnr_db": summary.model_sqnr_db,
             "sessions": summary.sessions,
+            "mask_input": summary.mask_input,
         }
         if nested:
             # the calibration streams run the main graph's weights only: their output error leaves these out
