@@ -65,6 +65,7 @@ if not __package__:  # Run as a script: import the package from the repo root, n
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 import onnx_statq.calibrate  # the pass imports it lazily; load it now (see main()) and wrap it (error_feedback)
@@ -73,6 +74,9 @@ from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evalua
 from benchmarks.tasks import ALL_TASKS, TASKS
 from benchmarks.tasks._common import make_session
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
+from onnx_statq.calibrate import model_inputs
+from onnx_statq.calibrate.masks import AUTO as AUTO_MASK
+from onnx_statq.calibrate.masks import feed_masks, resolve_mask_input
 from onnx_statq.calibrate.session import DEFAULT_ERROR_FEEDBACK, model_output_sqnr
 from onnx_statq.config import QuantConfig
 from onnx_statq.report import Report
@@ -223,9 +227,18 @@ def time_float_passes(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarr
     return times
 
 
-def output_sqnr_db(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
-    """Model-output SQNR over all float outputs of all feeds; the pass's own measure, applied to data-free rows too."""
-    return model_output_sqnr(ref, out)
+def output_sqnr_db(
+    ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]], masks: list[np.ndarray | None]
+) -> float | None:
+    """Model-output SQNR over all float outputs of all feeds, at the real positions where the model has a padding
+    mask; the pass's own measure, applied to data-free rows too."""
+    return model_output_sqnr(ref, out, masks)
+
+
+def padding_masks(model: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray | None]:
+    """Per feed, the padding mask the pass's default (``--calib-mask auto``) reads, or None."""
+    specs = model_inputs(onnx.load(str(model), load_external_data=False))
+    return feed_masks(feeds, resolve_mask_input(AUTO_MASK, specs))
 
 
 @dataclass
@@ -239,6 +252,7 @@ class TaskContext:
     float_outputs: list[dict[str, np.ndarray]]
     ref: dict[str, Any]
     limit: int | None
+    masks: list[np.ndarray | None]  # per feed, the padding mask the pass reads by default (None: none)
 
 
 def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContext, dict[str, Any]]:
@@ -264,7 +278,8 @@ def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContex
         float_pass_s=statistics.median(time_float_passes(sess, feeds)),
         file_bytes=model.stat().st_size,
     )
-    return TaskContext(task, model, feeds, sess, float_outputs, row, limit), row
+    ctx = TaskContext(task, model, feeds, sess, float_outputs, row, limit, padding_masks(model, feeds))
+    return ctx, row
 
 
 def _layer_summary(report: Report) -> dict[str, Any]:
@@ -310,7 +325,7 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
         if calibrated:
             passes = before + time_float_passes(ctx.session, ctx.feeds)
             row.update(float_pass_s=statistics.median(passes), float_pass_samples_s=passes)
-        row["output_sqnr_db"] = output_sqnr_db(ctx.float_outputs, run_outputs(make_session(dst), ctx.feeds))
+        row["output_sqnr_db"] = output_sqnr_db(ctx.float_outputs, run_outputs(make_session(dst), ctx.feeds), ctx.masks)
         row.update(evaluate_row(ctx.name, dst, ctx.limit))
     timings, cal = report.timings, report.calibration
     row.update(
@@ -602,7 +617,8 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "",
         "Δ points: change of the task metric ×100 against the float model (negative = worse). out SQNR: model-output "
         "SQNR of the quantized file against the float model over the calibration feeds, measured by this script "
-        "(in-sample for calibrated rows). pass SQNR: the same quantity as the pass reports it "
+        "(in-sample for calibrated rows; real tokens only where the model has a padding mask, as the pass counts "
+        "it). pass SQNR: the same quantity as the pass reports it "
         "(`report.calibration['model_output_sqnr_db']`, only with calibration). quant s: the quantization pass "
         "including calibration; calib run s: onnxruntime work of calibration, building and running the segment "
         "sessions of both streams (their count in brackets); calib fit s: the rest of calibration, numpy work: "

@@ -113,3 +113,15 @@ def test_report_names_the_mask_and_a_bad_mask_fails_before_work():
         assert report.calibration["mask_input"] == expect
     with pytest.raises(ConfigError):
         make_refiner(model, feeds, None, "sequential", mask="x")
+
+
+def test_model_output_sqnr_counts_the_real_positions_only():
+    from onnx_statq.calibrate.session import model_output_sqnr
+
+    mask = np.array([[True, False]])
+    ref = [{"y": np.array([[[1.0, 1.0], [5.0, 5.0]]], np.float32), "s": np.array([[2.0, 9.0]], np.float32)}]
+    out = [{"y": np.array([[[1.0, 0.0], [0.0, 0.0]]], np.float32), "s": np.array([[2.0, 0.0]], np.float32)}]
+    # real position: signal 1 + 1 + 4, noise 1; with the padded one too: signal 6 + 50 + 81, noise 1 + 50 + 81
+    assert model_output_sqnr(ref, out, [mask]) == pytest.approx(10 * np.log10(6.0))
+    assert model_output_sqnr(ref, out) == pytest.approx(10 * np.log10(137.0 / 132.0))
+    assert model_output_sqnr(ref, out, [None]) == model_output_sqnr(ref, out)

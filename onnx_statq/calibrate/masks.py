@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import CalibrationError, ConfigError
 from .data import InputSpec
 
-__all__ = ["AUTO", "AUTO_NAMES", "NONE", "feed_masks", "real_rows", "resolve_mask_input"]
+__all__ = ["AUTO", "AUTO_NAMES", "NONE", "feed_masks", "real_positions", "real_rows", "resolve_mask_input"]
 
 AUTO = "auto"
 NONE = "none"
@@ -62,5 +62,14 @@ def real_rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     features]``; ``x`` itself when it is not laid out that way, or when the mask marks no position (a feed of
     padding only is then fitted whole rather than not at all)."""
     if mask is None or x.ndim != 3 or x.shape[:2] != mask.shape or not mask.any():
+        return x
+    return x[mask]
+
+
+def real_positions(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """A model output's values at the positions ``mask`` marks, when its first two axes are the mask's (per-token
+    scores ``[batch, sequence]``, embeddings ``[batch, sequence, features]``); else ``x``. The output error the
+    report quotes should be of what the model is used for, not of padding."""
+    if mask is None or x.ndim < 2 or x.shape[:2] != mask.shape or not mask.any():
         return x
     return x[mask]

@@ -20,7 +20,7 @@ from .branches import inline_taken_branches
 from .executor import StreamExecutor
 from .geometry import LayerGeometry, patches, supported
 from .gram import MAX_ROWS, GramStats
-from .masks import feed_masks, real_rows
+from .masks import feed_masks, real_positions, real_rows
 from .refit import refit_layer
 
 __all__ = ["DEFAULT_COMPENSATION", "OP_COMPENSATION", "calibrate", "compensation_for", "model_output_sqnr"]
@@ -55,13 +55,23 @@ def compensation_for(op: str, compensation: float | None) -> float:
     return OP_COMPENSATION.get(op, DEFAULT_COMPENSATION) if compensation is None else compensation
 
 
-def model_output_sqnr(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> float | None:
-    """SQNR in dB over every float output of every feed (None when the reference is all zeros)."""
+def model_output_sqnr(
+    ref: list[dict[str, np.ndarray]],
+    out: list[dict[str, np.ndarray]],
+    masks: list[np.ndarray | None] | None = None,
+) -> float | None:
+    """SQNR in dB over every float output of every feed (None when the reference is all zeros). ``masks``: per
+    feed, the padding mask (:mod:`.masks`); an output laid out ``[batch, sequence, ...]`` then counts only the
+    real positions."""
     noise = signal = 0.0
-    for a, b in zip(ref, out, strict=True):
+    for i, (a, b) in enumerate(zip(ref, out, strict=True)):
+        mask = masks[i] if masks is not None else None
         for k, x in a.items():
             if k in b and np.issubdtype(np.asarray(x).dtype, np.floating):
-                n, s = _squared_sums(np.asarray(x), np.asarray(b[k]))
+                x, y = np.asarray(x), np.asarray(b[k])
+                if x.shape == y.shape:
+                    x, y = real_positions(x, mask), real_positions(y, mask)
+                n, s = _squared_sums(x, y)
                 noise += n
                 signal += s
     if signal == 0:
@@ -129,7 +139,7 @@ def calibrate(
         ex.finish()
         ref, out = ex.graph_outputs()
         summary.sessions = ex.sessions
-    summary.model_sqnr_db = model_output_sqnr(ref, out)
+    summary.model_sqnr_db = model_output_sqnr(ref, out, masks)
     summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
     if error_feedback:
         summary.timings["calib_feedback_s"] = fb_s[0]  # part of calib_fit_s
