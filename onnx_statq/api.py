@@ -75,7 +75,7 @@ class _Calibration:
     def sensitivities(self, model: onnx.ModelProto, probes: list[SensitivityProbe]) -> dict[str, float]:
         from .calibrate.sensitivity import measure_sensitivities
 
-        return measure_sensitivities(model, self.feeds, probes)
+        return measure_sensitivities(model, self.feeds, probes, self.mask_input)
 
 
 def make_refiner(

@@ -125,3 +125,14 @@ def test_model_output_sqnr_counts_the_real_positions_only():
     assert model_output_sqnr(ref, out, [mask]) == pytest.approx(10 * np.log10(6.0))
     assert model_output_sqnr(ref, out) == pytest.approx(10 * np.log10(137.0 / 132.0))
     assert model_output_sqnr(ref, out, [None]) == model_output_sqnr(ref, out)
+
+
+def test_sensitivity_counts_the_real_positions_only():
+    from onnx_statq.calibrate.sensitivity import _relative_error
+
+    mask = np.array([[True, False]])
+    ref = [[np.array([[[2.0], [1.0]]])]]
+    out = [[np.array([[[1.0], [0.0]]])]]
+    # real position: error 1 over power 4; with the padded one: 2 over 5
+    assert _relative_error(ref, out, [mask]) == pytest.approx(0.25)
+    assert _relative_error(ref, out) == pytest.approx(0.4)

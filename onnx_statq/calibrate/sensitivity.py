@@ -21,6 +21,7 @@ import onnx
 from onnx import helper
 
 from ..plan import SensitivityProbe
+from .masks import feed_masks, real_positions
 
 logger = logging.getLogger(__name__)
 
@@ -51,26 +52,39 @@ def _weights_as_inputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelPro
     return out
 
 
-def _relative_error(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> float:
-    """Mean over outputs of squared error over power, summed over the feeds first."""
+def _relative_error(
+    ref: list[list[np.ndarray]], out: list[list[np.ndarray]], masks: Sequence[np.ndarray | None] | None = None
+) -> float:
+    """Mean over outputs of squared error over power, summed over the feeds first; with ``masks`` (per feed), only
+    at the real positions of outputs laid out ``[batch, sequence, ...]`` (:mod:`.masks`)."""
+    masks = masks if masks is not None else [None] * len(ref)
     errs = []
     for k in range(len(ref[0])):
-        power = sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in ref)
-        err = sum(float(np.sum(np.square(o[k].astype(np.float64) - r[k]))) for r, o in zip(ref, out, strict=True))
+        pairs = [
+            (real_positions(r[k], m), real_positions(np.asarray(o[k], np.float64), m))
+            for r, o, m in zip(ref, out, masks, strict=True)
+        ]
+        power = sum(float(np.sum(np.square(r, dtype=np.float64))) for r, _ in pairs)
+        err = sum(float(np.sum(np.square(o - r))) for r, o in pairs)
         errs.append(err / power if power > 0 else 0.0)
     return float(np.mean(errs)) if errs else 0.0
 
 
 def measure_sensitivities(
-    model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], probes: Sequence[SensitivityProbe]
+    model: onnx.ModelProto,
+    feeds: Sequence[dict[str, np.ndarray]],
+    probes: Sequence[SensitivityProbe],
+    mask_input: str | None = None,
 ) -> dict[str, float]:
     """Output relative error per unit of relative weight error, per probe (float outputs and non-float ones are
-    compared as floats; a probe whose weight error is 0 gets 0)."""
+    compared as floats; a probe whose weight error is 0 gets 0). ``mask_input``: the padding mask, whose padded
+    positions are not counted (:mod:`.masks`)."""
     from .runtime import cpu_session
 
     sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
     base = {p.name: p.values for p in probes}
     sample_feeds = _first_samples(feeds, MAX_SENSITIVITY_SAMPLES)
+    masks = feed_masks(sample_feeds, mask_input)
     ref = [[np.asarray(o, np.float64) for o in sess.run(None, {**f, **base})] for f in sample_feeds]
     out: dict[str, float] = {}
     for p in probes:
@@ -79,7 +93,7 @@ def measure_sensitivities(
             continue
         swapped = {**base, p.name: p.quantized}
         got = [sess.run(None, {**f, **swapped}) for f in sample_feeds]
-        out[p.name] = _relative_error(ref, got) / p.rel_error
+        out[p.name] = _relative_error(ref, got, masks) / p.rel_error
         logger.debug("sensitivity of %s: %.3g", p.name, out[p.name])
     return out
 
