@@ -210,6 +210,36 @@ def test_error_feedback_never_worse_than_plain_refit(rng):
         assert fb.encoded.codebook is not None and np.all(np.diff(fb.encoded.codebook.levels, axis=1) >= 0)
 
 
+def test_error_feedback_needs_a_row_per_input(rng, monkeypatch):
+    """With fewer calibration rows than inputs the Gram matrix is rank deficient: feedback is not tried, and the
+    result is the plain refit's, bit for bit; with as many rows as inputs it is tried."""
+    from onnx_statq.calibrate import refit
+    from onnx_statq.calibrate.geometry import LayerGeometry
+    from onnx_statq.calibrate.gram import GramStats
+    from onnx_statq.codebook import encode_tensor
+
+    tried = []
+    original = refit._feedback_generalises
+    monkeypatch.setattr(refit, "_feedback_generalises", lambda *a: tried.append(1) or original(*a))
+    w = (0.1 * rng.standard_normal((48, 24))).astype(np.float32)
+    enc = encode_tensor(w, 1, 2, granularity="channel")
+    geo = LayerGeometry("MatMul", {}, w.shape)
+    mix = rng.standard_normal((48, 48)) / 7
+    for rows, expect in ((40, False), (48, True)):
+        stats = GramStats(split=True)
+        for _ in range(2):  # two batches: a fit half and a held-out half
+            xf = _correlated(rng, rows // 2, mix)
+            stats.add(xf + 0.3 * rng.standard_normal(xf.shape).astype(np.float32), xf)
+        assert refit.enough_rows(stats) is expect
+        tried.clear()
+        plain = refit.refit_layer(enc, w, geo, stats, compensation=0.5)
+        fb = refit.refit_layer(enc, w, geo, stats, compensation=0.5, error_feedback=True)
+        assert bool(tried) is expect
+        if not expect:
+            assert np.array_equal(plain.encoded.indices, fb.encoded.indices)
+            assert np.array_equal(plain.encoded.codebook.levels, fb.encoded.codebook.levels)
+
+
 def test_default_compensation_is_per_op_and_an_explicit_one_wins():
     from onnx_statq.calibrate.session import compensation_for
 

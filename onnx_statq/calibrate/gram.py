@@ -8,6 +8,8 @@ it) to -6.53, while with 128 frames it helped (-0.23). So the statistics also ke
 :meth:`GramStats.halves` gives a fit half and the held-out rest, and :mod:`.refit` keeps the feedback assignment of
 a layer only when, fitted on one half, it beats the plain assignment on the other. The Grams are sums over rows, so
 the held-out half is the whole minus the fit half, at the cost of one more set of products on half of the rows.
+Halves of the same few clips agree on what neither excites, so :mod:`.refit` also tries the feedback only on a layer
+with at least one row per input (``refit.FEEDBACK_MIN_ROWS_PER_INPUT``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ BIAS_OPS = frozenset({"Conv", "Gemm"})
 # -1.50 -> -0.25 points) but cost PP-OCRv6 recognition 10 points of line accuracy at 4 bits: its MatMul layers
 # (attention, the 18,710-class head) fit the 32 calibration lines too closely, as the bias correction did. On the
 # convolutions only: classifier -0.25 / -1.25 points at 4 / 3 bits, recognizer -0.07 / -0.34 (line accuracy -2.3 /
-# -10.3, against -3.0 / -31.7 without feedback). See docs/calibration.md.
+# -10.3, against -3.0 / -31.7 without feedback). A layer with fewer calibration rows than inputs does not try it
+# (refit.FEEDBACK_MIN_ROWS_PER_INPUT). See docs/calibration.md.
 DEFAULT_ERROR_FEEDBACK = True
 FEEDBACK_OPS = frozenset({"Conv"})
 
