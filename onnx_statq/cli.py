@@ -110,6 +110,8 @@ def _table(report: Report) -> str:
         head = f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers"
         if c.get("not_calibrated_in_subgraphs"):
             head += f"; {c['not_calibrated_in_subgraphs']} weights inside If/Loop/Scan subgraphs stay data-free"
+        if c.get("mask_input"):
+            head += f"; padding from {c['mask_input']} left out"
         lines.append(
             head + (f"; model output SQNR vs float on the calibration data: {sq:.1f} dB" if sq is not None else "")
         )

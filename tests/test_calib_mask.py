@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import cli
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_statq import ConfigError, QuantConfig, StatqPass, quantize
@@ -136,3 +139,18 @@ def test_sensitivity_counts_the_real_positions_only():
     # real position: error 1 over power 4; with the padded one: 2 over 5
     assert _relative_error(ref, out, [mask]) == pytest.approx(0.25)
     assert _relative_error(ref, out) == pytest.approx(0.4)
+
+
+def test_cli_reports_the_mask(tmp_path):
+    rng = np.random.default_rng(6)
+    src, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(_token_model(rng), src)
+    feeds = _padded_feeds(rng)
+    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    args = [str(src), "-o", str(tmp_path / "q.onnx"), "--calib", str(calib), "--min-size", "1", "--no-verify"]
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "padding from attention_mask left out" in res.stdout + res.stderr
+    res = cli(*args, "--calib-mask", "none", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["calibration"]["mask_input"] is None
