@@ -227,14 +227,6 @@ def time_float_passes(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarr
     return times
 
 
-def output_sqnr_db(
-    ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]], masks: list[np.ndarray | None]
-) -> float | None:
-    """Model-output SQNR over all float outputs of all feeds, at the real positions where the model has a padding
-    mask; the pass's own measure, applied to data-free rows too."""
-    return model_output_sqnr(ref, out, masks)
-
-
 def padding_masks(model: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray | None]:
     """Per feed, the padding mask the pass's default (``--calib-mask auto``) reads, or None."""
     specs = model_inputs(onnx.load(str(model), load_external_data=False))
@@ -325,7 +317,9 @@ def quantized_row(ctx: TaskContext, setting: Setting) -> dict[str, Any]:
         if calibrated:
             passes = before + time_float_passes(ctx.session, ctx.feeds)
             row.update(float_pass_s=statistics.median(passes), float_pass_samples_s=passes)
-        row["output_sqnr_db"] = output_sqnr_db(ctx.float_outputs, run_outputs(make_session(dst), ctx.feeds), ctx.masks)
+        # the pass's own measure (real tokens only where there is a padding mask), applied to data-free rows too
+        out = run_outputs(make_session(dst), ctx.feeds)
+        row["output_sqnr_db"] = model_output_sqnr(ctx.float_outputs, out, ctx.masks)
         row.update(evaluate_row(ctx.name, dst, ctx.limit))
     timings, cal = report.timings, report.calibration
     row.update(

@@ -14,10 +14,14 @@ first two axes are not the mask's) keep every row. Pure numpy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import CalibrationError, ConfigError
-from .data import InputSpec
+
+if TYPE_CHECKING:  # a type only: importing .data would load onnx into this numpy-only module
+    from .data import InputSpec
 
 __all__ = ["AUTO", "AUTO_NAMES", "NONE", "feed_masks", "real_positions", "real_rows", "resolve_mask_input"]
 

@@ -119,8 +119,8 @@ def calibrate(
     layer the default of its op type (:func:`compensation_for`). ``jobs`` threads run the calibration batches
     through onnxruntime at once; the result does not depend on it. ``mask_input``: a ``[batch, sequence]`` model
     input whose zeros mark padding, which MatMul refits then leave out (:mod:`.masks`)."""
-    summary = CalibrationSummary(mode=str(mode), samples=sum(len(next(iter(f.values()))) for f in feeds))
-    summary.mask_input = mask_input
+    samples = sum(len(next(iter(f.values()))) for f in feeds)
+    summary = CalibrationSummary(mode=str(mode), samples=samples, mask_input=mask_input)
     masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
     summary.outcomes.update(unreached)
