@@ -59,6 +59,11 @@ from typing import Any
 if not __package__:  # Run as a script: import the package from the repo root, not this folder,
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # where tasks/magika.py would shadow magika.
 
+# As the CLI runs (onnx_statq/_blas.py; bench_calibration says why the value is repeated here): without it,
+# OpenBLAS's workers spinning after the k-means sweep's numpy calls slowed the allocation's thread pool, which cost
+# 3.8 ms against 0.5 ms on the demo CNN and magika (a prediction-only run each way, the same machine).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 import numpy as np
 import onnx
 import onnxruntime as ort

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import REPO, run, sqnr
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_statq import CalibrationError, QuantConfig, StatqPass, quantize
 from onnx_statq.calibrate import calibrate, load_calibration, model_inputs
@@ -329,6 +329,37 @@ def test_only_report_segments_get_full_optimisation(conv_model, rng, monkeypatch
     ref, out = ex.graph_outputs()
     for f, r, o in zip(feeds, ref, out, strict=True):
         assert np.allclose(r["y"], run(m, f)[0], atol=1e-5) and np.allclose(o["y"], r["y"], atol=1e-5)
+
+
+def test_segments_take_large_weights_as_inputs(conv_model, rng, monkeypatch):
+    """Segments carry only small initializers: large weights come as inputs, the float value on the float stream
+    and the replacement on the quantized one, so no segment serialises a weight that is then parsed again."""
+    from onnx_statq.calibrate import executor
+
+    graphs: list[onnx.GraphProto] = []
+    real = executor.cpu_session
+    monkeypatch.setattr(
+        executor,
+        "cpu_session",
+        lambda m, basic=False, threads=0, shared=False: (
+            graphs.append(onnx.load_from_string(m).graph) or real(m, basic, threads, shared)
+        ),
+    )
+    m = conv_model()
+    feeds = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(2)]
+    ex = StreamExecutor(m, feeds)
+    ex.set_quantized("fc", np.zeros((64, 512), np.float32))
+    ex.advance(len(m.graph.node))
+    sizes = [int(np.prod(t.dims)) for g in graphs for t in g.initializer]
+    assert sizes and max(sizes) < executor.FEED_MIN_ELEMENTS  # head (640 elements) and the biases are carried
+    fed = {i.name for g in graphs for i in g.input}
+    assert {"w2", "fc"} <= fed and "head" not in fed
+    ex.finish()
+    ref, out = ex.graph_outputs()
+    for f, r, o in zip(feeds, ref, out, strict=True):
+        assert np.allclose(r["y"], run(m, f)[0], atol=1e-5)
+        init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        assert np.allclose(o["y"], np.broadcast_to(init["fcb"], (2, 64)) @ init["head"], atol=1e-5)  # fc replaced
 
 
 def test_model_output_sqnr_matches_the_direct_sums(rng, monkeypatch):
