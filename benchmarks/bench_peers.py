@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {k: getattr(args, k) for k in ("models", "limit", "samples", "runs", "timeout", "quick")}
     options["tools"] = [t.key for t in tools]
     data = _previous(args, machine, options) if args.update else {"machine": machine, "options": options, "rows": []}
+    run = data["machine"]["updates"][-1] if args.update else data  # where this run's own run time is kept
     t_start = time.perf_counter()
     for model in args.models:
         print(f"\n== {model}", flush=True)
@@ -469,18 +470,18 @@ def main(argv: list[str] | None = None) -> int:
             _put(data["rows"], row)
             report.derive(data["rows"])
             print_row(row)
-            data["wall_s"] = time.perf_counter() - t_start
+            run["wall_s"] = time.perf_counter() - t_start
             write_results(data, args.out)
     ended = data["machine"]["updates"][-1] if args.update else machine
     ended["loadavg_end"] = list(os.getloadavg())
     ended["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
-    data["wall_s"] = time.perf_counter() - t_start
+    run["wall_s"] = time.perf_counter() - t_start
     plots = report.write_plots(data, RESULTS / "plots" / args.out)
     write_results(data, args.out, plots)
     print("", flush=True)
     for line in report.verdict_lines(data["rows"]):
         print(line, flush=True)
-    print(f"wrote {RESULTS / (args.out + '.json')}, .md and {len(plots)} plot(s) in {data['wall_s'] / 60:.1f} min")
+    print(f"wrote {RESULTS / (args.out + '.json')}, .md and {len(plots)} plot(s) in {run['wall_s'] / 60:.1f} min")
     return 0
 
 

@@ -80,6 +80,18 @@ def test_markdown_has_a_row_per_tool_and_the_statuses():
     assert "(a) smaller than every 8-bit peer: **yes**" in text
 
 
+def test_markdown_keeps_the_original_run_time_and_gives_each_update_its_own():
+    data = _data([dict(r) for r in ROWS])
+    data["machine"]["updates"] = [
+        {"commit": "abc1234", "dirty": False, "date": "later", "tools": ["statq/4"], "models": ["m"], "wall_s": 120.0},
+        {"commit": "def5678", "dirty": True, "date": "old", "tools": ["float"]},  # logged before run times were
+    ]
+    header = report.markdown(data).split("\n### ")[0]
+    assert header.splitlines()[0].endswith("run time 1.0 min.")
+    assert "Rerun with `--update` at commit abc1234, later: statq/4 on m; run time 2.0 min." in header
+    assert "Rerun with `--update` at commit def5678 (modified), old: float; run time ?." in header
+
+
 def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     paths = report.write_plots(_data([dict(r) for r in ROWS]), tmp_path)

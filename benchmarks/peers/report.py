@@ -355,6 +355,7 @@ def markdown(
             f"\nThe repository moved from commit {m.get('commit')} to {m['commit_at_end']} during the run. Every row "
             "runs in a fresh process, so each used the library as it stood when that row started."
         )
+    lines += _reruns(m)
     if o.get("limit") is not None:
         lines.append(f"\n**Quick run: only the first {o['limit']} evaluation samples per task; indicative only.**")
     if with_verdicts:
@@ -381,6 +382,18 @@ def _load(m: dict[str, Any]) -> str:
 
 def _duration(s: float | None) -> str:
     return "run time ?" if s is None else f"run time {s / 60:.1f} min"
+
+
+def _reruns(m: dict[str, Any]) -> list[str]:
+    """The ``--update`` runs, a sentence each: their rows replaced the original run's, and each has its own run time
+    (the header's is the original run's)."""
+    runs = [
+        f"Rerun with `--update` at commit {up.get('commit') or '?'}{' (modified)' if up.get('dirty') else ''}, "
+        f"{up.get('date')}: {', '.join(up.get('tools') or [])}"
+        f"{' on ' + ', '.join(up['models']) if up.get('models') else ''}; {_duration(up.get('wall_s'))}."
+        for up in m.get("updates", [])
+    ]
+    return ["\n" + " ".join(runs)] if runs else []
 
 
 def notes(o: dict[str, Any]) -> list[str]:
