@@ -22,7 +22,7 @@ from .gram import GramStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FEEDBACK_MIN_ROWS_PER_INPUT", "RefitResult", "enough_rows", "refit_layer"]
+__all__ = ["FEEDBACK_MIN_ROWS_PER_INPUT", "RefitResult", "enough_rows", "gcv_factor", "refit_layer"]
 
 # The level refit costs O(out * in^2 * K): with 64 levels or more (6+ bits) a second one for the error-feedback
 # candidate took minutes per MiniLM layer, and so many levels leave little for a refit to move, so that candidate
@@ -119,7 +119,7 @@ def _sorted_codebook(levels: np.ndarray, indices: np.ndarray, cb: Codebook) -> t
 
 
 def _refit_levels(
-    enc: EncodedTensor, geo: LayerGeometry, g: np.ndarray, h: np.ndarray, yy: np.ndarray
+    enc: EncodedTensor, geo: LayerGeometry, g: np.ndarray, h: np.ndarray, yy: np.ndarray, rows: int
 ) -> EncodedTensor:
     assert enc.codebook is not None and enc.indices is not None
     cb = enc.codebook
@@ -135,11 +135,37 @@ def _refit_levels(
     cand = np.where(np.isfinite(cand), cand, old)
     rows_of = np.zeros(idx_rows.shape[0], np.intp) if cand.shape[0] == 1 else np.arange(idx_rows.shape[0])
     err_new = _quad_error(np.take_along_axis(cand[rows_of], idx_rows.astype(np.intp), 1), g, h, yy)
-    better = np.array([err_new.sum() < err_old.sum()]) if cand.shape[0] == 1 else err_new < err_old
+    # kept where it lowers the calibration error by more than its fitted levels explain (gcv_factor): a codebook
+    # over the tensor is informed by every channel's outputs, one per channel by its own
+    # (an exact fit's error may come out a rounding below 0, which no factor may turn into a gain)
+    levels_fitted = (np.diagonal(a, axis1=1, axis2=2) > 0).sum(1)
+    if cand.shape[0] == 1:
+        factor = gcv_factor(levels_fitted, rows * idx_rows.shape[0])
+        new_err, old_err = np.maximum(err_new.sum(), 0.0), err_old.sum()
+    else:
+        factor, new_err, old_err = gcv_factor(levels_fitted, rows), np.maximum(err_new, 0.0), err_old
+    finite = np.isfinite(factor)
+    better = finite & (new_err * np.where(finite, factor, 0.0) < old_err)
     levels = np.where(better[:, None], cand, old)
     new_cb, new_idx = _sorted_codebook(levels.astype(np.float32), enc.indices, cb)
     probe = EncodedTensor(enc.representation, enc.shape, enc.axis, new_cb, new_idx, None, 0.0, enc.stored_bytes)
     return probe
+
+
+def gcv_factor(params: np.ndarray | int, equations: int | np.ndarray) -> np.ndarray:
+    """What a least-squares fit's calibration error is multiplied by before it is compared with the data-free
+    levels' error: generalised cross-validation (Golub, Heath and Wahba, 1979), ``1 / (1 - p/n)^2`` for ``p``
+    fitted levels and ``n`` equations; infinite (never kept) when ``p >= n``.
+
+    A refit lowers the error on the rows it was fitted on whenever it has the freedom to, and with few rows per
+    level it fits them rather than the layer: a codebook of K levels per output channel sees one equation per
+    calibration row, so 8 rows fit 8 levels exactly. Measured before this rule, on classifier-head layers (512-1024
+    inputs) calibrated with 8 samples at 4 bits: 6.7-8.2 dB output SQNR on held-out inputs against 17.4-19.3 dB
+    data-free; with it, 17.4-18.6 dB, and the same figures as before from 32 samples on.
+    """
+    free = 1.0 - np.asarray(params, np.float64) / np.maximum(np.asarray(equations, np.float64), 1.0)
+    with np.errstate(divide="ignore"):
+        return np.where(free > 0, 1.0 / np.where(free > 0, free, 1.0) ** 2, np.inf)
 
 
 def _target(stats: GramStats, wf: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,13 +240,14 @@ def _refitted_feedback(
     h: np.ndarray,
     yy: np.ndarray,
     refit_levels: bool,
+    rows: int,
 ) -> EncodedTensor:
     """The feedback assignment, its levels refitted on ``g``/``h`` when ``refit_levels`` (up to
     ``FEEDBACK_REFIT_MAX_K`` levels)."""
     assert enc.codebook is not None
     cand = _feedback_candidate(enc, geo, wf, g, h)
     if refit_levels and enc.codebook.k <= FEEDBACK_REFIT_MAX_K:
-        cand = _refit_levels(cand, geo, g, h, yy)
+        cand = _refit_levels(cand, geo, g, h, yy, rows)
     return cand
 
 
@@ -244,8 +271,8 @@ def _feedback_generalises(
     assert fit.gqq is not None and held.gqq is not None
     h_fit, yy_fit, _ = _target(fit, wf, lam)
     h_held, yy_held, _ = _target(held, wf, lam)
-    plain = _refit_levels(enc, geo, fit.gqq, h_fit, yy_fit) if refit_levels else enc
-    cand = _refitted_feedback(enc, geo, wf, fit.gqq, h_fit, yy_fit, refit_levels)
+    plain = _refit_levels(enc, geo, fit.gqq, h_fit, yy_fit, fit.rows) if refit_levels else enc
+    cand = _refitted_feedback(enc, geo, wf, fit.gqq, h_fit, yy_fit, refit_levels, fit.rows)
     err = [
         float(_quad_error(geo.rows(e.decoded()).astype(np.float64), held.gqq, h_held, yy_held).sum())
         for e in (plain, cand)
@@ -279,14 +306,14 @@ def refit_layer(
     new = enc
     feedback_s = 0.0
     if (refit_levels or error_feedback) and enc.representation != Representation.FLOAT16:
-        new = _refit_levels(enc, geo, stats.gqq, h, yy) if refit_levels else enc
+        new = _refit_levels(enc, geo, stats.gqq, h, yy, stats.rows) if refit_levels else enc
         t0 = time.perf_counter()
         if (
             error_feedback
             and enough_rows(stats)
             and _feedback_generalises(enc, geo, wf, stats, refit_levels, compensation)
         ):
-            cand = _refitted_feedback(enc, geo, wf, stats.gqq, h, yy, refit_levels)
+            cand = _refitted_feedback(enc, geo, wf, stats.gqq, h, yy, refit_levels, stats.rows)
             new = _pick(new, cand, geo, stats.gqq, h, yy)
         feedback_s = time.perf_counter() - t0
         if new is not enc:
