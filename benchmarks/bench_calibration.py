@@ -456,7 +456,7 @@ def _loss_check(task: str, bits: int, seq: dict | None, limit: float, ref: dict 
         "task": task,
         "check": check,
         "detail": detail,
-        "status": "PASS" if loss <= limit else "FAIL",
+        "status": "PASS" if paired.loss_within(loss, limit) else "FAIL",
         "noise": noise,
     }
 

@@ -253,7 +253,7 @@ def acceptance(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, 
             out.append({"task": task, "status": "FAIL", "reason": row["error"]})
             continue
         loss, ratio = -row["delta_points"] + 0.0, row["file_ratio"]  # + 0.0 turns -0.0 into 0.0
-        ok = loss <= max_loss and ratio >= ACCEPT_MIN_RATIO
+        ok = paired.loss_within(loss, max_loss) and ratio >= ACCEPT_MIN_RATIO
         ref = next((r for r in rows if r["task"] == task and r["variant"] == "float"), {})
         pair = paired.compare(ref.get("units"), row.get("units"))  # float minus quantized: the loss
         out.append(

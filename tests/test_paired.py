@@ -115,3 +115,15 @@ def test_acceptance_quotes_the_interval_of_the_loss() -> None:
     assert check["status"] == "FAIL" and check["loss_points"] == 2.0
     low, high = check["loss_interval"]
     assert 0.0 < low < 2.0 < high  # float minus quantized: clearly a loss, its size not pinned to the bar
+
+
+def test_a_loss_of_exactly_the_bar_passes() -> None:
+    """2 images of 400 is 0.5 points, which ``100 * (a - b)`` makes 0.5000000000000004: the direction classifier's
+    4-bit calibrated row read FAIL against "within 0.5 points" for that rounding alone. One image more still fails."""
+    seq = _row("seq/4", 0.9675, None)
+    seq["delta_points"] = 100.0 * (0.9675 - 0.9725)
+    assert -seq["delta_points"] > 0.5  # the rounding the check must see through
+    assert _loss_check("t", 4, seq, 0.5)["status"] == "PASS"
+    seq["delta_points"] = 100.0 * (0.965 - 0.9725)
+    assert _loss_check("t", 4, seq, 0.5)["status"] == "FAIL"
+    assert paired.loss_within(0.5000000000000004, 0.5) and not paired.loss_within(0.5 + 1e-6, 0.5)
