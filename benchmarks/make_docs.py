@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ RUNS: dict[str, list[str]] = {
         "bench_calibration",
         *("--tasks", "ppocr_det,ppocr_cls,silero_vad", "--bits", "4,3", "--out", "calibration_other"),
     ],
+    "calibration_8": [
+        "bench_calibration",
+        *("--tasks", "digits,magika,ppocr_rec,minilm,ppocr_det,ppocr_cls,silero_vad", "--samples", "8"),
+        *("--bits", "4,3", "--compensations", "", "--out", "calibration_8"),
+    ],
     "alloc": ["bench_alloc"],
     "peers": ["bench_peers"],
 }
@@ -59,7 +65,7 @@ RUNS: dict[str, list[str]] = {
 def command(name: str) -> str:
     """The shell command behind result ``name``, as the page quotes it."""
     script, *args = RUNS[name]
-    return " ".join(["python -m", f"benchmarks.{script}", *args])
+    return " ".join(["python -m", f"benchmarks.{script}", *map(shlex.quote, args)])
 
 
 def run(names: list[str]) -> None:
@@ -305,6 +311,10 @@ def build() -> None:
     parts += verbatim(
         "calibration_other",
         "Calibration on the other models: PP-OCRv6 detection, the direction classifier and silero VAD",
+    )
+    parts += verbatim(
+        "calibration_8",
+        "Calibration with 8 samples, the small end of the 8-64 the issue names, on every model",
     )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:
