@@ -29,4 +29,22 @@ def test_no_halves_without_split_or_with_one_batch(rng):
     assert whole.halves() is None
     one = GramStats(split=True)
     one.add(rng.standard_normal((8, 3)), rng.standard_normal((8, 3)))
-    assert one.halves() is None  # nothing held out: the feedback is tried as without the guard
+    assert one.halves() is None  # one batch not marked as the only one: nothing held out
+
+
+def test_the_only_batch_is_split_by_samples(rng):
+    """A layer with one calibration batch (an API caller's single feed, an .npz of 8 samples) still gets a held-out
+    half: its first rows (the first samples) against the rest. Without a split the flag changes nothing."""
+    q, f = rng.standard_normal((9, 3)), rng.standard_normal((9, 3))
+    one = GramStats(split=True)
+    one.add(q, f, only=True)
+    parts = one.halves()
+    assert parts is not None
+    fit, held = parts
+    assert (fit.rows, held.rows, one.rows) == (4, 5, 9)
+    np.testing.assert_allclose(fit.gqf, q[:4].T @ f[:4], rtol=1e-5, atol=1e-5)  # float32 products
+    np.testing.assert_allclose(held.gqq, q[4:].T @ q[4:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(one.gff, f.T @ f, rtol=1e-5, atol=1e-5)
+    plain = GramStats()
+    plain.add(q, f, only=True)
+    assert plain.halves() is None and plain.batches == 1

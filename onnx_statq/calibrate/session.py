@@ -212,9 +212,10 @@ def _calibrate_one(
     if plan.op != "MatMul":  # only a MatMul's rows are positions of a [batch, sequence] input
         masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
+    only = len(xf_all) == 1
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
         pf = patches(geo, real_rows(xf, mask), cap)
-        stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap)
+        stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap, only)
     lam = compensation_for(plan.op, compensation)
     result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback)
     fb_s[0] += result.feedback_s
