@@ -205,14 +205,14 @@ def verification_data(
         return None
     if not verify:
         raise ConfigError("verification data was given with verification off")
-    from .calibrate.data import load_calibration, model_inputs
+    from .calibrate.data import feed_samples, load_calibration, model_inputs
 
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     feeds = load_calibration(path or source, model_inputs(model), VERIFY_MAX_SAMPLES, what="verification")
     if path is None:
         return feeds, {"data": "the given feeds"}
     if path.is_file():  # an .npz: samples on the first axis; a folder's feeds are whole feeds, counted as such
-        return feeds, {"data": str(path), "samples": sum(next(iter(f.values())).shape[0] for f in feeds)}
+        return feeds, {"data": str(path), "samples": sum(feed_samples(f) for f in feeds)}
     return feeds, {"data": str(path)}
 
 

@@ -20,7 +20,7 @@ from .api import DEFAULT_CALIB_MASK, DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import OutputError, StatqError
-from .plan import CalibrationMode
+from .plan import RECOMMENDED_SAMPLES, CalibrationMode
 from .report import Report
 from .workers import MAX_DEFAULT_JOBS
 
@@ -107,7 +107,10 @@ def _table(report: Report) -> str:
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")
+        few = c["samples"] < RECOMMENDED_SAMPLES
         head = f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers"
+        if few:
+            head += f" (fewer than {RECOMMENDED_SAMPLES} samples: docs/calibration.md, 'How many samples')"
         if c.get("not_calibrated_in_subgraphs"):
             head += f"; {c['not_calibrated_in_subgraphs']} weights inside If/Loop/Scan subgraphs stay data-free"
         if c.get("mask_input"):

@@ -495,3 +495,52 @@ def test_few_calibration_samples_do_not_wreck_a_classifier_head(rng):
     free = sqnr(ref, run(quantize(m, bits=4), {"x": held})[0])
     few = sqnr(ref, run(quantize(m, bits=4, calib=[{"x": data(2)} for _ in range(4)]), {"x": held})[0])
     assert few > free - 1.5, (few, free)
+
+
+def test_few_calibration_samples_are_pointed_out(digits, caplog, tmp_path):
+    """Under ``RECOMMENDED_SAMPLES`` the library warns and the CLI's summary says so; at the default 64, neither."""
+    import logging
+
+    from conftest import cli
+
+    from onnx_statq.plan import RECOMMENDED_SAMPLES
+
+    m = digits[0]
+    with caplog.at_level(logging.WARNING, logger="onnx_statq"):
+        quantize(m, bits=4, calib=CALIB, calib_samples=8)
+    assert any("calibrating on 8 samples" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnx_statq"):
+        quantize(m, bits=4, calib=CALIB)
+    assert not any("calibrating on" in r.getMessage() for r in caplog.records)
+    args = [str(DIGITS), "-o", str(tmp_path / "q.onnx"), "--calib", str(CALIB), "--no-verify"]
+    few = cli(*args, "--calib-samples", "8")
+    assert few.returncode == 0, few.stderr
+    assert f"8 samples, 3 layers (fewer than {RECOMMENDED_SAMPLES} samples" in few.stdout
+    enough = cli(*args)
+    assert enough.returncode == 0, enough.stderr
+    assert "fewer than" not in enough.stdout
+
+
+def test_a_scalar_first_input_does_not_break_the_sample_count(rng, tmp_path):
+    """Feeds are counted on the first input that has a sample axis: a model taking a scalar first (a sample rate, as
+    silero VAD's ``sr``) raised TypeError from ``len()`` of the scalar, a traceback for a valid calibration set."""
+    from onnx_statq.calibrate.data import feed_samples
+
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "w"], ["y"])]
+    inputs = [
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64]),
+    ]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])]
+    m = helper.make_model(helper.make_graph(nodes, "g", inputs, out, [w]), opset_imports=[helper.make_opsetid("", 13)])
+    feeds = [{"s": np.array(1.5, np.float32), "x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(3)]
+    assert [feed_samples(f) for f in feeds] == [4, 4, 4]
+    assert feed_samples({"s": np.array(1.0)}) == 1
+    from onnx_statq import quantize_file
+
+    onnx.save(m, tmp_path / "m.onnx")
+    report = quantize_file(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantConfig(bits=4, min_size=16), calib=feeds)
+    assert report.calibration["samples"] == 12
+    assert report.calibration["layers_calibrated"] == 1

@@ -17,7 +17,7 @@ import onnx
 
 from ..errors import CalibrationError, first_line
 
-__all__ = ["DEFAULT_BATCH", "InputSpec", "load_calibration", "model_inputs"]
+__all__ = ["DEFAULT_BATCH", "InputSpec", "feed_samples", "load_calibration", "model_inputs"]
 
 DEFAULT_BATCH = 8
 _ELEM = {
@@ -98,6 +98,12 @@ def _from_npz(path: Path, batch: int, what: str) -> Iterator[dict[str, np.ndarra
     n = sizes.pop()
     for start in range(0, n, batch):
         yield {k: a[start : start + batch] for k, a in arrays.items()}
+
+
+def feed_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """The samples a feed holds: the first axis of its first input that has one, else 1 (a feed of scalars is one
+    call). The first input alone is not enough: a model may take a scalar first (a sample rate), whose len() fails."""
+    return next((int(a.shape[0]) for a in feed.values() if np.ndim(a)), 1)
 
 
 def _reader_iter(reader: Any) -> Iterator[Mapping[str, Any]]:

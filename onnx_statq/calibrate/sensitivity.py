@@ -21,6 +21,7 @@ import onnx
 from onnx import helper
 
 from ..plan import SensitivityProbe
+from .data import feed_samples
 from .masks import feed_masks, real_positions
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,7 @@ def _first_samples(feeds: Sequence[dict[str, np.ndarray]], limit: int) -> list[d
     chosen, seen = [], 0
     for f in feeds:
         chosen.append(f)
-        first = next(iter(f.values()), np.zeros(1))
-        seen += int(first.shape[0]) if first.ndim else 1
+        seen += feed_samples(f)
         if seen >= limit:
             break
     return chosen

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from ..plan import CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
+from ..plan import RECOMMENDED_SAMPLES, CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .branches import inline_taken_branches
+from .data import feed_samples
 from .executor import StreamExecutor
 from .geometry import LayerGeometry, patches, supported
 from .gram import MAX_ROWS, GramStats
@@ -119,7 +120,14 @@ def calibrate(
     layer the default of its op type (:func:`compensation_for`). ``jobs`` threads run the calibration batches
     through onnxruntime at once; the result does not depend on it. ``mask_input``: a ``[batch, sequence]`` model
     input whose zeros mark padding, which MatMul refits then leave out (:mod:`.masks`)."""
-    samples = sum(len(next(iter(f.values()))) for f in feeds)
+    samples = sum(feed_samples(f) for f in feeds)
+    if samples < RECOMMENDED_SAMPLES:
+        logger.warning(
+            "calibrating on %d samples: with fewer than %d, small models can come out worse than data-free "
+            "(docs/calibration.md, 'How many samples')",
+            samples,
+            RECOMMENDED_SAMPLES,
+        )
     summary = CalibrationSummary(mode=str(mode), samples=samples, mask_input=mask_input)
     masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
