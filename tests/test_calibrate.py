@@ -129,6 +129,7 @@ def test_reader_protocol_and_iterables(digits):
         ({"input": np.zeros((2, 8, 8), np.float32)}, "rank"),
         ({"input": np.zeros((2, 3, 8, 8), np.float32)}, "shape"),
         ({"input": np.zeros((2, 1, 8, 8), np.complex64)}, "dtype"),
+        ({"input": np.zeros((0, 1, 8, 8), np.float32)}, "holds no sample"),  # was calibrated on nothing, silently
     ],
 )
 def test_bad_calibration_data_is_rejected_before_work(digits, feed, message):
