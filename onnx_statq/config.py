@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .codebook import MAX_BITS, Granularity, Method
+from .codebook.allocate import LO_BITS
 from .errors import ConfigError
 from .workers import default_jobs
 
@@ -151,8 +152,13 @@ class QuantConfig:
 
     @property
     def allocates(self) -> bool:
-        """Whether per-layer widths are chosen at all (by budget, size ratio or SQNR target)."""
-        return self.allocation == Allocation.AUTO
+        """Whether per-layer widths are chosen at all (by budget, size ratio or SQNR target). Not for a 1-bit
+        average without another target: the allocation's widths start at 2 bits (``codebook.allocate.LO_BITS``),
+        so ``bits=1`` means 1 bit in every layer (it raised KeyError before)."""
+        if self.allocation != Allocation.AUTO:
+            return False
+        targeted = self.auto_bits or self.avg_bits is not None or self.size_ratio is not None
+        return targeted or self.target_sqnr is not None or self.bits >= LO_BITS
 
     def with_options(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)

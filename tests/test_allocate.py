@@ -182,3 +182,19 @@ def test_the_pass_lifts_the_floor_only_for_matmul_weights(make_model, monkeypatc
     monkeypatch.setattr(pass_module, "choose_bits", spy)
     quantize(make_model(nodes, [ids], [y], inits), QuantConfig(bits=4))
     assert sorted(seen) == [(64 * 64, False), (512 * 64, True)]
+
+
+def test_one_bit_is_one_bit_everywhere_and_a_target_still_allocates(conv_model):
+    """``bits=1`` with the default allocation raised KeyError (its reference width is below the predicted widths,
+    2-8): it now means two levels in every codebook layer; with an average target the allocation runs as usual."""
+    from onnx_statq import StatqPass
+
+    m = conv_model()
+    assert not QuantConfig(bits=1).allocates and QuantConfig(bits=2).allocates
+    assert QuantConfig(bits=1, avg_bits=3).allocates
+    one = StatqPass(QuantConfig(bits=1, min_size=64))(m).report
+    coded = [layer for layer in one.layers if layer.k]
+    assert coded and {layer.bits for layer in coded} == {1} and {layer.k for layer in coded} == {2}
+    three = StatqPass(QuantConfig(bits=1, avg_bits=3, min_size=64))(m).report
+    assert 2.5 < three.totals["average_stored_bits"] <= 3.0 + 1e-9  # the budget counts the codebooks
+    assert "average 3 bits" in three.totals["allocation_target"]

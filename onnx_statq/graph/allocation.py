@@ -126,7 +126,9 @@ def _options(config: QuantConfig, layers: Sequence[Layer]) -> _Options:
         lo = _floor(config) if la.floored else LO_BITS
         lay, bits, costs, pred = [], [], [], []
         for layout, curve in zip(la.layouts, per_layout, strict=True):
-            anchored = curve if config.auto_bits else _anchored(curve, max(layout.rel_error, 1e-12), ref)
+            # anchored at the reference width the first encoding used; a 1-bit one is below the predicted widths
+            unanchored = config.auto_bits or ref not in curve
+            anchored = curve if unanchored else _anchored(curve, max(layout.rel_error, 1e-12), ref)
             size, table = int(la.values.size), layout.table_bits
             half = layout.representation == Representation.FLOAT16
             widths = [16] if half else list(range(lo, HI_BITS + 1))
