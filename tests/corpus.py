@@ -1059,6 +1059,24 @@ BAD_OPTIONS = {
 }
 
 
+# Edge values that are valid: each must quantize (one bit with the default allocation raised KeyError before)
+EDGE_OPTIONS = {
+    "bits_1": ["--bits", "1"],
+    "bits_1_avg_bits_3": ["--bits", "1", "--avg-bits", "3"],
+    "bits_1_target_sqnr": ["--bits", "1", "--target-sqnr", "10"],
+    "bits_8_channel": ["--bits", "8", "--granularity", "channel"],
+    "bits_auto_avg_bits_2": ["--bits", "auto", "--avg-bits", "2"],
+}
+
+
+def _edge_option(argv: list[str]) -> Builder:
+    return lambda ws, d: Case(_run(_base(ws, d), d, *argv), OK)
+
+
+for _name, _argv in EDGE_OPTIONS.items():
+    case(f"option_{_name}")(_edge_option(_argv))
+
+
 def _bad_option(argv: list[str]) -> Builder:
     return lambda ws, d: Case(_run(_base(ws, d), d, *argv), BAD_OPTION)
 
