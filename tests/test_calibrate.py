@@ -545,3 +545,30 @@ def test_a_scalar_first_input_does_not_break_the_sample_count(rng, tmp_path):
     report = quantize_file(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantConfig(bits=4, min_size=16), calib=feeds)
     assert report.calibration["samples"] == 12
     assert report.calibration["layers_calibrated"] == 1
+
+
+@pytest.mark.parametrize("other", ["reduce_sum", "second_matmul", "graph_output"])
+def test_a_weight_with_another_reader_stays_data_free(make_model, rng, other):
+    """A refit fits one layer's output; a weight that something else reads too (a ReduceSum of it, a second MatMul,
+    the weight as a graph output) keeps its data-free codebook, and the report says why. With a ReduceSum, calibration
+    took a random model from 19.0 dB output SQNR (data-free) to as low as -3.9 dB before."""
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])]
+    if other == "reduce_sum":
+        nodes += [helper.make_node("ReduceSum", ["w"], ["s"], keepdims=1), helper.make_node("Add", ["h", "s"], ["y"])]
+    elif other == "second_matmul":
+        nodes += [helper.make_node("MatMul", ["h", "w"], ["y"], name="mm2")]
+    else:
+        nodes += [helper.make_node("Relu", ["h"], ["y"])]
+        outputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [32, 32]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])
+    m = make_model(nodes, [x], outputs, {"w": w})
+    feeds = [{"x": rng.standard_normal((4, 32)).astype(np.float32)} for _ in range(3)]
+    cfg = QuantConfig(bits=3, min_size=16)
+    free = quantize(m, cfg)
+    r = StatqPass(cfg, refiner=lambda mm, plans: calibrate(mm, feeds, plans, "sequential"))(m)
+    onnx.checker.check_model(r.model)
+    assert r.model.SerializeToString() == free.SerializeToString()  # the data-free codebook, bit for bit
+    (layer,) = r.report.layers
+    assert layer.calibration.startswith("data-free:") and "read it" in layer.calibration

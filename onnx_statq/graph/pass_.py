@@ -255,8 +255,14 @@ class StatqPass:
         where = _positions(graph)
         plans = []
         nested = 0
+        shared: dict[str, LayerOutcome] = {}
         for w in todo:
             use = w.uses[0]
+            readers = _readers(w, graph)
+            if readers > 1:
+                note = f"data-free: {readers} nodes or outputs read it, and a refit fits one layer's output"
+                shared[w.tensor.name] = LayerOutcome(encoded[id(w)], note=note)
+                continue
             if id(use.node) not in where or not use.node.inputs or not use.node.outputs:
                 nested += id(use.node) not in where  # every main-graph node is in ``where``
                 continue
@@ -275,6 +281,7 @@ class StatqPass:
                 )
             )
         summary = self.refiner(model, plans)
+        summary.outcomes.update(shared)
         report.calibration = {
             "mode": summary.mode,
             "samples": summary.samples,
@@ -359,6 +366,16 @@ class StatqPass:
 def _sizes(weights: list[Weight]) -> list[int]:
     """Each weight's bytes, for the thread pool's memory budget (an external weight's without reading it)."""
     return [int(w.deferred.nbytes) for w in weights]
+
+
+def _readers(w: Weight, graph: gs.Graph) -> int:
+    """How many nodes read the weight, plus one if it is also a graph output. Calibration refits a weight towards
+    one layer's output; with another reader (a second layer sharing it, a ReduceSum of it, the weight as an output)
+    the refit moves what that reader sees, unchecked. On a random MatMul whose weight a ReduceSum also read, 12
+    calibration draws gave 19.0 dB output SQNR data-free and -3.9 to 19.0 dB calibrated (a throwaway fuzzer)."""
+    nodes = {id(n) for n in w.tensor.outputs}
+    outputs = any(w.tensor is o for g in (graph, w.home) for o in g.outputs)
+    return len(nodes) + int(outputs)
 
 
 def _positions(graph: gs.Graph) -> dict[int, tuple[int, tuple[int, str] | None]]:
