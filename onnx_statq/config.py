@@ -107,7 +107,10 @@ class QuantConfig:
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ConfigError(f"jobs must be a positive integer (1: one weight at a time), got {self.jobs!r}")
         for name in ("nodes", "op_types"):
-            table = {str(k): _layer(v, f"{name}.{k}") for k, v in dict(getattr(self, name)).items()}
+            given = getattr(self, name)
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"{name} must be a table of {name[:-1].replace('_', ' ')} to settings, got {given!r}")
+            table = {str(k): _layer(v, f"{name}.{k}") for k, v in given.items()}
             object.__setattr__(self, name, MappingProxyType(dict(sorted(table.items()))))
 
     def _check_targets(self) -> None:

@@ -1104,6 +1104,8 @@ CONFIGS = {
     "unknown_key_json": ("c.json", json.dumps({"bits": 4, "turbo": True})),
     "unknown_nested_key": ("c.toml", '[op_types.MatMul]\nbits = 4\nspeed = "max"\n'),
     "nested_not_a_table": ("c.toml", "[op_types]\nMatMul = 4\n"),
+    "nodes_not_a_table": ("c.toml", "nodes = 5\n"),  # was "bad config: 'int' object is not iterable"
+    "op_types_a_list": ("c.json", json.dumps({"op_types": [1]})),
     "not_a_mapping": ("c.json", "[1, 2, 3]"),
     "bad_toml": ("c.toml", "bits = = 3"),
     "bad_json": ("c.json", "{bits: 3"),

@@ -198,3 +198,10 @@ def test_one_bit_is_one_bit_everywhere_and_a_target_still_allocates(conv_model):
     three = StatqPass(QuantConfig(bits=1, avg_bits=3, min_size=64))(m).report
     assert 2.5 < three.totals["average_stored_bits"] <= 3.0 + 1e-9  # the budget counts the codebooks
     assert "average 3 bits" in three.totals["allocation_target"]
+
+
+@pytest.mark.parametrize("table", ["nodes", "op_types"])
+def test_a_settings_table_that_is_not_one_is_named(table):
+    """``nodes = 5`` in a config file used to fail as "bad config: 'int' object is not iterable"."""
+    with pytest.raises(ConfigError, match=rf"^{table} must be a table of .* to settings, got 5$"):
+        QuantConfig.from_dict({table: 5})
