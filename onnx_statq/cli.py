@@ -107,9 +107,8 @@ def _table(report: Report) -> str:
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")
-        few = c["samples"] < RECOMMENDED_SAMPLES
         head = f"calibration: {c['mode']}, {c['samples']} samples, {c['layers_calibrated']} layers"
-        if few:
+        if c["samples"] < RECOMMENDED_SAMPLES:
             head += f" (fewer than {RECOMMENDED_SAMPLES} samples: docs/calibration.md, 'How many samples')"
         if c.get("not_calibrated_in_subgraphs"):
             head += f"; {c['not_calibrated_in_subgraphs']} weights inside If/Loop/Scan subgraphs stay data-free"
