@@ -21,7 +21,25 @@ __all__ = [
     "Refiner",
     "Sensitivity",
     "SensitivityProbe",
+    "bias_input_delta",
 ]
+
+
+def bias_input_delta(
+    op: str, attrs: dict[str, Any], bias_shape: tuple[int, ...] | None, delta: np.ndarray
+) -> np.ndarray | None:
+    """What to add to a Conv's or Gemm's bias input (``bias_shape``; None: it has none, one is added) so that its
+    output moves by ``delta``, one value per output channel; None where no bias input can do that.
+
+    Both the calibration streams and the graph apply it, so they agree. A Gemm adds ``beta * C``: the delta is
+    divided by beta, and with beta 0 no bias reaches the output. A bias input must hold one value per channel: a
+    Gemm's C may be a whole matrix, a scalar or a single value, which a per-channel delta cannot be folded into
+    (calibration raised ValueError on them before)."""
+    scale = float(attrs.get("beta", 1.0)) if op == "Gemm" else 1.0
+    if scale == 0.0 or (bias_shape is not None and int(np.prod(bias_shape, dtype=np.int64)) != delta.size):
+        return None
+    moved = delta.astype(np.float64) / scale
+    return moved if bias_shape is None else moved.reshape(bias_shape)
 
 
 class CalibrationMode(enum.StrEnum):

@@ -572,3 +572,30 @@ def test_a_weight_with_another_reader_stays_data_free(make_model, rng, other):
     assert r.model.SerializeToString() == free.SerializeToString()  # the data-free codebook, bit for bit
     (layer,) = r.report.layers
     assert layer.calibration.startswith("data-free:") and "read it" in layer.calibration
+
+
+@pytest.mark.parametrize("c_shape, beta", [((4, 32), 1.0), ((), 1.0), ((1,), 1.0), ((32,), 0.5), (None, 0.0)])
+def test_gemm_bias_input_of_any_shape_and_beta(make_model, rng, c_shape, beta):
+    """A Gemm's C that is not one value per channel (a whole matrix, a scalar) made calibration raise ValueError;
+    it now keeps its C, while a per-channel C with beta != 1 takes the correction divided by beta, and beta 0 none.
+    The written graph computes what the calibration stream computed either way."""
+    w = (rng.standard_normal((32, 32)) * 0.2).astype(np.float32)
+    inits = {"w": w}
+    inputs = ["x", "w"]
+    if c_shape is not None:
+        inits["c"] = rng.standard_normal(c_shape).astype(np.float32)
+        inputs.append("c")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])
+    m = make_model([helper.make_node("Gemm", inputs, ["y"], name="g", beta=beta)], [x], [y], inits)
+    feeds = [{"x": (rng.standard_normal((4, 32)) + 0.5).astype(np.float32)} for _ in range(6)]
+    refiner = lambda mm, plans: calibrate(mm, feeds, plans, "sequential")  # noqa: E731
+    r = StatqPass(QuantConfig(bits=3, min_size=16), refiner=refiner)(m)
+    onnx.checker.check_model(r.model)
+    ref = np.concatenate([run(m, f)[0] for f in feeds])
+    out = np.concatenate([run(r.model, f)[0] for f in feeds])
+    assert sqnr(ref, out) == pytest.approx(r.report.calibration["model_output_sqnr_db"], abs=0.05)
+    biased = {i.name for i in r.model.graph.initializer if "statq_bias" in i.name}
+    assert bool(biased) == (c_shape == (32,))  # only a per-channel C with beta != 0 takes the correction
+    if biased:  # the correction cancels the mean output error on the calibration data, not beta times it
+        assert np.abs((out - ref).mean(0)).max() < 1e-4 * np.abs(ref).mean()

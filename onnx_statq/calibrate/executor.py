@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..plan import bias_input_delta
 from .runtime import cpu_session, release_arena
 
 __all__ = ["StreamExecutor", "model_like", "subgraph_inputs"]
@@ -62,6 +63,10 @@ def model_like(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProt
 
 def _input_info(name: str, a: np.ndarray, shape: list[int | None]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), shape)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
@@ -146,9 +151,15 @@ class StreamExecutor:
             if name in env:
                 env[name] = value
 
-    def can_add_bias(self, index: int) -> bool:
+    def can_add_bias(self, index: int, delta: np.ndarray) -> bool:
+        """Whether node ``index`` takes the bias correction ``delta`` (:func:`~onnx_statq.plan.bias_input_delta`):
+        its bias an initializer of one value per channel, or none (one is added)."""
         node = self.nodes[index]
-        return len(node.input) < 3 or not node.input[2] or node.input[2] in self.weights
+        old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        if old and old not in self.weights:
+            return False
+        shape = tuple(self.weights[old].dims) if old else None
+        return bias_input_delta(node.op_type, _attrs(node), shape, delta) is not None
 
     def add_bias(self, index: int, delta: np.ndarray) -> None:
         """Add ``delta`` to the bias of node ``index`` in the quantized stream (the graph gets the same bias)."""
@@ -157,9 +168,12 @@ class StreamExecutor:
         self.node_bias[index] = delta
 
     def _biased(self, index: int, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.TensorProto]:
-        delta = self.node_bias[index]
         old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        base = numpy_helper.to_array(self.weights[old]) if old else np.zeros(delta.shape, np.float32)
+        base = numpy_helper.to_array(self.weights[old]) if old else None
+        shape = None if base is None else base.shape
+        moved = bias_input_delta(node.op_type, _attrs(node), shape, self.node_bias[index])
+        assert moved is not None  # can_add_bias said so
+        base = np.zeros(moved.shape, np.float32) if base is None else base
         name = f"statq_calib_bias_{index}"
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -167,7 +181,7 @@ class StreamExecutor:
             copy.input[2] = name
         else:
             copy.input.append(name)
-        value = (base.astype(np.float64) + delta.reshape(base.shape)).astype(base.dtype)
+        value = (base.astype(np.float64) + moved).astype(base.dtype)
         return copy, numpy_helper.from_array(value, name)
 
     def advance(self, stop: int, report_only: bool = False) -> None:

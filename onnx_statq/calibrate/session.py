@@ -175,7 +175,7 @@ def _walk(
         t2 = time.perf_counter()
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
         if outcome.bias_delta is not None:
-            if ex.can_add_bias(plan.node_index):
+            if ex.can_add_bias(plan.node_index, outcome.bias_delta):
                 ex.add_bias(plan.node_index, outcome.bias_delta)
             else:
                 outcome.bias_delta = None

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..plan import bias_input_delta
+
 __all__ = ["add_bias"]
 
 
@@ -16,6 +18,23 @@ def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str])
     return gs.Constant(fresh(f"{const.name}.statq_bias"), new)
 
 
+def _conv_or_gemm(node: gs.Node, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
+    """Fold ``delta`` into the bias input as :func:`~onnx_statq.plan.bias_input_delta` says, or add one."""
+    bias = node.inputs[2] if len(node.inputs) >= 3 and node.inputs[2].name else None
+    if bias is not None and not isinstance(bias, gs.Constant):
+        return False
+    shape = None if bias is None else tuple(np.asarray(bias.values).shape)
+    moved = bias_input_delta(node.op, node.attrs, shape, delta)
+    if moved is None:
+        return False
+    if bias is not None:
+        node.inputs[2] = _updated(bias, moved, fresh)
+        return True
+    dtype = np.dtype(node.inputs[1].dtype or np.float32)
+    node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), moved.astype(dtype)))
+    return True
+
+
 def add_bias(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
     """Add ``delta`` (one value per output channel) to the layer's output bias; False if the graph does not allow.
 
@@ -23,15 +42,7 @@ def add_bias(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[
     """
     n = delta.size
     if node.op in ("Conv", "Gemm"):
-        if len(node.inputs) >= 3 and node.inputs[2].name:
-            bias = node.inputs[2]
-            if not isinstance(bias, gs.Constant) or int(np.prod(bias.shape)) != n:
-                return False
-            node.inputs[2] = _updated(bias, delta, fresh)
-            return True
-        dtype = np.dtype(node.inputs[1].dtype or np.float32)
-        node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), delta.astype(dtype)))
-        return True
+        return _conv_or_gemm(node, delta, fresh)
     if node.op == "MatMul":
         out = node.outputs[0]
         users = list(out.outputs)
