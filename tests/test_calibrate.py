@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, run, sqnr
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_statq import CalibrationError, QuantConfig, StatqPass, quantize
+from onnx_statq import CalibrationError, QuantConfig, StatqPass, quantize, quantize_file
 from onnx_statq.calibrate import calibrate, load_calibration, model_inputs
 from onnx_statq.calibrate.executor import StreamExecutor
 
@@ -539,8 +539,6 @@ def test_a_scalar_first_input_does_not_break_the_sample_count(rng, tmp_path):
     feeds = [{"s": np.array(1.5, np.float32), "x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(3)]
     assert [feed_samples(f) for f in feeds] == [4, 4, 4]
     assert feed_samples({"s": np.array(1.0)}) == 1
-    from onnx_statq import quantize_file
-
     onnx.save(m, tmp_path / "m.onnx")
     report = quantize_file(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantConfig(bits=4, min_size=16), calib=feeds)
     assert report.calibration["samples"] == 12

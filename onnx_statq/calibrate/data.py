@@ -140,11 +140,11 @@ def load_calibration(
         if max_samples is not None and count >= max_samples:
             break
         feed = _check_feed(item, specs, f"{what} feed {i}")
-        if feed_samples(feed) == 0:  # an empty batch would calibrate on nothing and say nothing
+        samples = feed_samples(feed)
+        if samples == 0:  # an empty batch would calibrate on nothing and say nothing
             raise CalibrationError(f"{what} feed {i} holds no sample (its first axis is 0)")
         if max_samples is not None and isinstance(source, (str, Path)) and Path(source).is_file():
-            first = next(iter(feed.values()))
-            take = min(first.shape[0], max_samples - count)
+            take = min(samples, max_samples - count)
             feed = {k: v[:take] for k, v in feed.items()}
             count += take
         else:

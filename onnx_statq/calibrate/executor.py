@@ -69,6 +69,11 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _bias_name(node: onnx.NodeProto) -> str:
+    """A Conv's or Gemm's bias input, '' if it has none."""
+    return node.input[2] if len(node.input) > 2 and node.input[2] else ""
+
+
 def _reads(node: onnx.NodeProto) -> set[str]:
     return {i for i in node.input if i} | subgraph_inputs(node)
 
@@ -151,29 +156,26 @@ class StreamExecutor:
             if name in env:
                 env[name] = value
 
-    def can_add_bias(self, index: int, delta: np.ndarray) -> bool:
-        """Whether node ``index`` takes the bias correction ``delta`` (:func:`~onnx_statq.plan.bias_input_delta`):
-        its bias an initializer of one value per channel, or none (one is added)."""
+    def add_bias(self, index: int, delta: np.ndarray) -> bool:
+        """Add ``delta`` to the output of node ``index`` in the quantized stream through its bias input, as the
+        graph will (:func:`~onnx_statq.plan.bias_input_delta`); False, and nothing added, where that input cannot
+        take it (a computed bias, a Gemm's C that is not one value per channel, beta 0)."""
+        if index < self.pos:
+            raise ValueError("bias of a node that has already run")
         node = self.nodes[index]
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        old = _bias_name(node)
         if old and old not in self.weights:
             return False
         shape = tuple(self.weights[old].dims) if old else None
-        return bias_input_delta(node.op_type, _attrs(node), shape, delta) is not None
-
-    def add_bias(self, index: int, delta: np.ndarray) -> None:
-        """Add ``delta`` to the bias of node ``index`` in the quantized stream (the graph gets the same bias)."""
-        if index < self.pos:
-            raise ValueError("bias of a node that has already run")
-        self.node_bias[index] = delta
+        moved = bias_input_delta(node.op_type, _attrs(node), shape, delta)
+        if moved is not None:
+            self.node_bias[index] = moved  # what the bias input gains, in its shape
+        return moved is not None
 
     def _biased(self, index: int, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.TensorProto]:
-        old = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        base = numpy_helper.to_array(self.weights[old]) if old else None
-        shape = None if base is None else base.shape
-        moved = bias_input_delta(node.op_type, _attrs(node), shape, self.node_bias[index])
-        assert moved is not None  # can_add_bias said so
-        base = np.zeros(moved.shape, np.float32) if base is None else base
+        moved = self.node_bias[index]
+        old = _bias_name(node)
+        base = numpy_helper.to_array(self.weights[old]) if old else np.zeros(moved.shape, np.float32)
         name = f"statq_calib_bias_{index}"
         copy = onnx.NodeProto()
         copy.CopyFrom(node)

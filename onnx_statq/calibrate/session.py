@@ -174,11 +174,8 @@ def _walk(
         outcome = refine(plan)
         t2 = time.perf_counter()
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
-        if outcome.bias_delta is not None:
-            if ex.can_add_bias(plan.node_index, outcome.bias_delta):
-                ex.add_bias(plan.node_index, outcome.bias_delta)
-            else:
-                outcome.bias_delta = None
+        if outcome.bias_delta is not None and not ex.add_bias(plan.node_index, outcome.bias_delta):
+            outcome.bias_delta = None
         summary.outcomes[plan.weight] = outcome
         t_run += (t1 - t0) + (time.perf_counter() - t2)
         t_fit += t2 - t1
