@@ -61,6 +61,15 @@ class Report:
     def weight_bytes(self) -> tuple[int, int]:
         return sum(r.bytes_before for r in self.layers), sum(r.bytes_after for r in self.layers)
 
+    def skip_summary(self) -> str:
+        """The skips counted by kind, commonest first ("12 not a weight input; 3 below min-size"): a reason's head,
+        without the node or size it names, which would make every skip a kind of its own."""
+        counts: dict[str, int] = {}
+        for s in self.skipped:
+            key = "below min-size" if "below min-size" in s.reason else s.reason.split(" (")[0].split(",")[0]
+            counts[key] = counts.get(key, 0) + 1
+        return "; ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         def clean(v: Any) -> Any:
             if isinstance(v, float) and not math.isfinite(v):

@@ -49,7 +49,7 @@ def format_summary(report: Report) -> str:
     lines += [
         "",
         f"weights quantized: {t['weights_quantized']}   skipped: {t['weights_skipped']}"
-        + (f" ({_skip_summary(report)})" if report.skipped else ""),
+        + (f" ({report.skip_summary()})" if report.skipped else ""),
         f"file:   {_fmt_bytes(fb)} -> {_fmt_bytes(fa)}  ({fb / fa:.2f}x smaller)",
         f"zipped: {_fmt_bytes(zb)} -> {_fmt_bytes(za)}  ({zb / za:.2f}x smaller)",
         "time:   " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.timings.items()),
@@ -94,11 +94,3 @@ def _verify_lines(v: dict[str, Any]) -> list[str]:
     if v.get("note"):
         lines.append(f"verify: note: {v['note']}")
     return lines
-
-
-def _skip_summary(report: Report) -> str:
-    counts: dict[str, int] = {}
-    for s in report.skipped:
-        key = "below min-size" if "below min-size" in s.reason else s.reason.split(" (")[0].split(",")[0]
-        counts[key] = counts.get(key, 0) + 1
-    return "; ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))

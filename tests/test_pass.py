@@ -149,6 +149,18 @@ def test_no_weights_is_a_typed_error(make_model):
         quantize(m)
 
 
+def test_no_weights_message_counts_the_skips_by_kind(make_model, rng):
+    # the reasons name the node and carry commas; the one-line error used to cut them at the first comma, leaving
+    # "not a weight input (Gemm input 2: bias" with its bracket open and "64 elements" without what was wrong
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    inits = {"w": rng.standard_normal((8, 8)).astype(np.float32), "b": rng.standard_normal(8).astype(np.float32)}
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
+    m = make_model([node], [x], [helper.make_tensor_value_info("y", 1, [1, 8])], inits)
+    with pytest.raises(NoWeightsError) as err:
+        quantize(m, min_size=100)
+    assert str(err.value) == "no weight to quantize (2 skipped: 1 below min-size; 1 not a weight input)"
+
+
 def test_old_opset_is_refused(make_model, rng):
     w = rng.standard_normal((64, 64)).astype(np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])

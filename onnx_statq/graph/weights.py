@@ -143,5 +143,4 @@ def nothing_message(report: Report) -> str:
     """The one-line error for a model with no weight to encode, with the commonest reasons it was skipped."""
     if not report.skipped:
         return "no quantizable weight: the model has no constant Conv/Gemm/MatMul/Gather/RNN weights"
-    reasons = sorted({s.reason.split(",")[0] for s in report.skipped})[:3]
-    return f"no weight to quantize ({len(report.skipped)} skipped: {'; '.join(reasons)})"
+    return f"no weight to quantize ({len(report.skipped)} skipped: {report.skip_summary()})"
