@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 
 from .codebook import EncodedTensor, Representation, row_stats, to_groups
-from .codebook.predict import predict_rel_error
 from .config import QuantConfig
 from .errors import MissingDependencyError, NoWeightsError, OutputError
+from .graph.allocation import Layer, layer_curve
 from .graph.pass_ import StatqPass, import_graph, unchanged_reason
 from .io import load_model
 from .report import Report, SkipRecord, sqnr_db
@@ -138,7 +138,7 @@ def inspect_model(
         if kept:
             report.skipped.append(SkipRecord(w.tensor.name, kept, int(values.size)))
             continue
-        stats = _stats(w.tensor.name, w.uses[0].node.op, values, enc)
+        stats = _stats(w.tensor.name, w.uses[0].node.op, values, enc, report.predicted.get(w.tensor.name))
         if plot_dir is not None:
             path = Path(plot_dir) / _file_name(len(result.tensors), w.tensor.name)
             plot_tensor(path, stats, values, enc)
@@ -149,14 +149,16 @@ def inspect_model(
     return result
 
 
-def _stats(name: str, op: str, values: np.ndarray, enc: EncodedTensor) -> TensorStats:
+def _stats(name: str, op: str, values: np.ndarray, enc: EncodedTensor, predicted: float | None) -> TensorStats:
+    """``predicted``: the error the pass's allocation predicted at the chosen width, if it chose this one's; a
+    width fixed by the configuration gets the same prediction here, though the pass reports none."""
     s = row_stats(values)
     cb = enc.codebook
     bits = cb.bits if cb is not None else 16
-    predicted = None
-    if cb is not None:
-        per_channel = enc.representation == Representation.CHANNEL
-        predicted = float(predict_rel_error(values, enc.axis, bits, per_channel=per_channel))
+    if cb is None:
+        predicted = None
+    elif predicted is None:
+        predicted = layer_curve(Layer(values, enc.axis, enc), widths=[bits])[bits]
     return TensorStats(
         name=name,
         op=op,
@@ -211,7 +213,7 @@ def format_table(ins: Inspection) -> str:
     if ins.average_index_bits is not None:
         summary += f", {ins.average_index_bits:.2f} index bits per weight on average"
     lines.append(summary)
-    lines.append("rel.err: measured; pred.err: predicted from mean, variance, kurtosis and size alone")
+    lines.append("rel.err: measured; pred.err: predicted from a sketch of the weights, as the bit allocation predicts")
     if ins.skipped:
         lines.append(f"skipped ({len(ins.skipped)}):")
         w = max(len(s.name[:48]) for s in ins.skipped)

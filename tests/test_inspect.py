@@ -79,6 +79,10 @@ def test_choices_are_the_pass_choices(conv_model):
         got = [(t.name, t.op, t.representation, t.k, t.bits, t.rel_error) for t in ins.tensors]
         want = [(r.name, r.op, r.representation, r.k, r.bits, r.rel_error) for r in report.layers]
         assert got == want
+        # the prediction the allocation used, as the pass reports it (it was the whole tensor's error / power, where
+        # the pass predicts the mean over channels of a tensor codebook's per-channel ratios)
+        pred = {r.name: r.predicted_rel_error for r in report.layers if r.predicted_rel_error is not None}
+        assert pred and {t.name: t.predicted_rel_error for t in ins.tensors if t.name in pred} == pred
         assert sorted(s.name for s in ins.skipped) == sorted(s.name for s in report.skipped)
 
 

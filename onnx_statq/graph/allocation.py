@@ -78,10 +78,13 @@ def table_bits(enc: EncodedTensor) -> int:
     return Layout.of(enc).table_bits
 
 
-def layer_curve(layer: Layer, layout: Layout | EncodedTensor | None = None) -> dict[int, float]:
-    """Predicted relative error at every width, on the group view the layer's codebooks (or ``layout``'s) use."""
+def layer_curve(
+    layer: Layer, layout: Layout | EncodedTensor | None = None, widths: range | list[int] | None = None
+) -> dict[int, float]:
+    """Predicted relative error at every width (or at ``widths``), on the group view the layer's codebooks (or
+    ``layout``'s) use."""
     enc = layout or layer.encoded
-    widths = range(LO_BITS, HI_BITS + 1)
+    widths = range(LO_BITS, HI_BITS + 1) if widths is None else widths
     if enc.representation == Representation.FLOAT16:
         return dict.fromkeys(widths, enc.rel_error)
     per_channel = enc.representation == Representation.CHANNEL
