@@ -13,8 +13,8 @@ from conftest import DIGITS, REPO, cli, run, sqnr
 from onnx import TensorProto, helper
 
 from onnx_statq.api import quantize_file
-from onnx_statq.cli import LOW_RANDOM_SQNR_DB, _verify_lines
 from onnx_statq.errors import CalibrationError
+from onnx_statq.summary import LOW_RANDOM_SQNR_DB, _verify_lines
 
 DIGITS_CALIB = REPO / "models" / "digits" / "digits_calib.npz"
 
