@@ -4,9 +4,11 @@
 model, :func:`attach` gives each external constant an :class:`ExternalValues`, whose :meth:`~ExternalValues.load`
 maps the tensor's byte range of the data file read-only (``numpy.memmap``). :func:`values_of` hands the pass a fresh
 map each time and never caches it, so the pages of a weight leave the process as soon as the pass is done with it:
-the pass holds one float weight at a time, whatever the model's size. :func:`materialize` reads the external
-tensors that are still referenced after the rewrite (biases, skipped weights) into the output model, exactly as
-``onnx.load_external_data_for_model`` would have, so the lazy path writes the same bytes as the in-memory one.
+the pass holds only the float weights it is working on (one with ``--jobs 1``; with more, at most
+:data:`onnx_statq.workers.BYTES_IN_FLIGHT` of them, or one larger weight alone), whatever the model's size.
+:func:`materialize` reads the external tensors that are still referenced after the rewrite (biases, skipped
+weights) into the output model, exactly as ``onnx.load_external_data_for_model`` would have, so the lazy path writes
+the same bytes as the in-memory one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Run the float and the quantized model on the same inputs (random, or the user's) and measure output SQNR.
 
-The only module besides :mod:`onnx_statq.calibrate` that runs onnxruntime; the graph pass never does.
+Besides :mod:`onnx_statq.calibrate` and :mod:`onnx_statq.mobile` (the ORT-format conversion and ``check``), the
+only module that runs onnxruntime; the graph pass never does.
 """
 
 from __future__ import annotations

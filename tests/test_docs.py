@@ -42,3 +42,20 @@ def test_every_package_is_in_the_wheel():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "onnx_statq").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_readme_usage_names_every_quantize_option():
+    # the usage block is where a user looks for a flag: one the CLI has and the block lacks (-q/--quiet was) goes unseen
+    import click
+
+    from onnx_statq.cli import quantize
+
+    block = re.search(r"```\n(onnx-statq MODEL .+?)\n```", (REPO / "README.md").read_text(), re.S)
+    assert block is not None, "README should show the CLI's usage block"
+    shown = set(re.findall(r"(?<![\w-])--?[a-z][a-z-]*", block.group(1)))
+    options = [p for p in quantize.params if isinstance(p, click.Option) and p.name != "help"]
+    missing = [p.opts[0] for p in options if not shown & {*p.opts, *p.secondary_opts}]
+    assert not missing, missing
+    flags = {o for p in options for o in (*p.opts, *p.secondary_opts)}
+    long_shown = {o for o in shown if o.startswith("--")}
+    assert long_shown <= flags | {"--json", "--plot"}, sorted(long_shown - flags)  # inspect's and check's share it

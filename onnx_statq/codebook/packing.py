@@ -3,8 +3,9 @@
 A b-bit index is split into fields whose widths are powers of two (3 = 2 + 1, 5 = 4 + 1, 6 = 4 + 2, 7 = 4 + 2 + 1),
 and each field is packed into its own plane of 8/w fields per byte, so every bit width costs exactly b bits per
 weight: 3 bits never cost 4. Within a plane, element ``i`` of the first ``m * r`` indices sits in byte ``i % m`` at
-field ``i // m``; unpacking is then one broadcast Div, a mask and a Reshape, with no Slice. The last ``n % 8``
-indices are stored whole in a small tail.
+field ``i // m``; numpy unpacks it with one broadcast Div, a mask and a Reshape, with no Slice (the ONNX decode
+reads the same layout through a Gather on a table over the 256 byte values: :mod:`onnx_statq.graph.tables`). The
+last ``n % 8`` indices are stored whole in a small tail.
 
 An embedding table read only by Gather is packed row by row instead (:func:`pack_rows`), so that the rows a lookup
 selects can be gathered still packed and decoded alone: the whole table is never unpacked.

@@ -19,8 +19,8 @@ sigma's own rule on sketches instead:
 Neither assigns or decodes the tensor, nor fits anything to a model; the sketch sizes were chosen on synthetic
 layers (``python -m benchmarks.fit_predictor``). On the benchmark models (``benchmarks.bench_alloc
 --prediction-only``) the prediction is within ±15% of the measured error on 99.5% of the 936 layer-widths for
-K >= 8 (98.7% at 7 bits, the worst width; 99.1% on MiniLM, the worst model), at 0.7-1.3% of a K-means sweep's time
-on the real models (5.9% on the toy digits CNN, where a few milliseconds of fixed cost are most of it; before: 81%
+K >= 8 (98.7% at 7 bits, the worst width; 99.1% on MiniLM, the worst model), at 0.6-1.4% of a K-means sweep's time
+on the real models (3.7% on the toy digits CNN, where a few milliseconds of fixed cost are most of it; before: 81%
 within ±15%, at 0.9-6.9%; then 0.8-2.6% with 64 strided rows, two starts stepped everywhere and float64 sketches).
 
 A row with at most K distinct values is predicted exact (error 0, or the float16 rounding), as :func:`fit` makes it.

@@ -108,7 +108,7 @@ def _short_rows(xs: np.ndarray, ks: list[int]) -> np.ndarray:
 
 def _row_starts(xs: np.ndarray, ks: list[int], lo: np.ndarray, span: np.ndarray) -> np.ndarray:
     """Per sorted row and K, sigma's start: K quantiles of the cube-root density on the row's coarse asinh grid, in
-    the row's range units, flat width by width, row by row (as :class:`_Runs` lays its codebooks out)."""
+    the row's range units, flat width by width, row by row (as :class:`CodebookRuns` lays its codebooks out)."""
 
     r, m = xs.shape
     coarse = int(max(16, m // PLACEMENT_PER_BIN))
@@ -117,7 +117,7 @@ def _row_starts(xs: np.ndarray, ks: list[int], lo: np.ndarray, span: np.ndarray)
     sd = np.where(sd > 0, sd, 1.0)
     ulo, uhi = np.arcsinh((xs[:, :1] - mu) / sd), np.arcsinh((xs[:, -1:] - mu) / sd)
     edges = (mu + sd * np.sinh(ulo + (uhi - ulo) * np.linspace(0.0, 1.0, coarse + 1)[None, :]) - lo) / span
-    band = 2.0 * np.arange(r)[:, None]  # rows laid end to end, as in _Runs
+    band = 2.0 * np.arange(r)[:, None]  # rows laid end to end, as in CodebookRuns
     keyed = ((xs - lo) / span + band).ravel()
     pos = np.searchsorted(keyed, (edges[:, 1:-1] + band).ravel(), side="left").reshape(r, coarse - 1)
     pos = np.concatenate([np.zeros((r, 1), np.int64), pos - (np.arange(r) * m)[:, None], np.full((r, 1), m)], 1)

@@ -81,7 +81,8 @@ class Standardised:
 
 
 def standardise(x: np.ndarray, exact_tails: bool = False) -> Standardised:
-    """The bin-independent half of :func:`sketch` (see there for the subsample and ``exact_tails``)."""
+    """The bin-independent half of :func:`bin_rows` (the subsample, and with ``exact_tails`` the exact tails of
+    :func:`tail_complete`)."""
     weights = None
     if x.shape[1] > SKETCH_SAMPLE and exact_tails:
         x, weights = tail_complete(x)

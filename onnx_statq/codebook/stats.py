@@ -1,4 +1,5 @@
-"""One-pass summary statistics of a weight row, the only input the statistical method needs."""
+"""One-pass summary statistics of weight rows: moments for ``inspect``, and the distinct-value counts, tail samples and
+float16 rounding that :mod:`.fit` and the predictor read beside their sketches (:mod:`.sketch`)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ A table read only by Gather lookups (an embedding) is not decoded here at all bu
 (:mod:`.rows`), so that neither the fold nor a run ever holds the whole float table.
 
 Only ops that onnxruntime's CPU provider implements at the model's opset, from opset 7: Cast, Div, Mul, Sub, Add,
-Reshape, Concat, Gather; Mod from 10 and Range from 11 (older opsets store the small tables as constants instead).
+Reshape, Concat, Gather; Mod from 10, Range and GatherElements (a 2-D per-channel weight's levels) from 11 (older
+opsets store the small tables as constants instead).
 The decoded tensor equals ``EncodedTensor.decoded()`` bit for bit.
 """
 

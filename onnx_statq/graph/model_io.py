@@ -158,7 +158,7 @@ def namer(graph: gs.Graph) -> Callable[[str], str]:
 def restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
     """graphsurgeon drops initializers from the graph inputs. From IR 4 on, listing one there makes it overridable
     at run time: put it back (in the original order), so that it stays an input and the pass leaves it alone. Below
-    IR 4 every initializer had to be listed, so it says nothing; :func:`_export` lists them all again."""
+    IR 4 every initializer had to be listed, so it says nothing; :func:`export_graph` lists them all again."""
     if model.ir_version < 4 or len(graph.inputs) == len(model.graph.input):
         return
     tensors = graph.tensors()
