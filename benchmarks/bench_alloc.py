@@ -76,6 +76,7 @@ from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evalua
 from benchmarks.tasks import TASKS
 from benchmarks.tasks._common import machine_base
 from onnx_statq.api import quantize_file
+from onnx_statq.calibrate.data import feed_samples
 from onnx_statq.codebook import Granularity, Method, Representation, encode_tensor
 from onnx_statq.codebook.allocate import HI_BITS, LO_BITS
 from onnx_statq.config import LayerSettings, QuantConfig
@@ -576,7 +577,7 @@ def run_task(task: str, args: argparse.Namespace, res: Results) -> None:
     res.data["avg3"].append(avg3)
     start = time.perf_counter()
     feeds = TASKS[task].calibration_feeds(samples_for(task, None))
-    avg3["calib_samples"] = sum(len(next(iter(f.values()))) for f in feeds)
+    avg3["calib_samples"] = sum(feed_samples(f) for f in feeds)
     avg3["calib_build_s"] = time.perf_counter() - start
     configs = (
         ("uniform 3", QuantConfig(bits=3, allocation="fixed")),

@@ -75,6 +75,7 @@ from benchmarks.tasks import ALL_TASKS, TASKS
 from benchmarks.tasks._common import make_session
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
 from onnx_statq.calibrate import model_inputs
+from onnx_statq.calibrate.data import feed_samples
 from onnx_statq.calibrate.masks import AUTO as AUTO_MASK
 from onnx_statq.calibrate.masks import feed_masks, resolve_mask_input
 from onnx_statq.calibrate.session import DEFAULT_ERROR_FEEDBACK, model_output_sqnr
@@ -263,7 +264,7 @@ def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContex
     row.update(
         delta_points=0.0,
         secondary_delta_points={k: 0.0 for k in row["secondary"]},
-        calib_samples=sum(len(next(iter(f.values()))) for f in feeds),
+        calib_samples=sum(feed_samples(f) for f in feeds),
         calib_feeds=len(feeds),
         calib_build_s=feeds_s,
         float_session_s=session_s,

@@ -158,10 +158,9 @@ class QuantConfig:
         """Whether per-layer widths are chosen at all (by budget, size ratio or SQNR target). Not for a 1-bit
         average without another target: the allocation's widths start at 2 bits (``codebook.allocate.LO_BITS``),
         so ``bits=1`` means 1 bit in every layer (it raised KeyError before)."""
-        if self.allocation != Allocation.AUTO:
-            return False
-        targeted = self.auto_bits or self.avg_bits is not None or self.size_ratio is not None
-        return targeted or self.target_sqnr is not None or self.bits >= LO_BITS
+        targets = (self.avg_bits, self.size_ratio, self.target_sqnr)
+        wide = self.auto_bits or self.bits >= LO_BITS or any(t is not None for t in targets)
+        return self.allocation == Allocation.AUTO and wide
 
     def with_options(self, **changes: Any) -> QuantConfig:
         return replace(self, **changes)

@@ -22,6 +22,7 @@ __all__ = [
     "Sensitivity",
     "SensitivityProbe",
     "bias_input_delta",
+    "bias_values",
 ]
 
 
@@ -40,6 +41,16 @@ def bias_input_delta(
         return None
     moved = delta.astype(np.float64) / scale
     return moved if bias_shape is None else moved.reshape(bias_shape)
+
+
+def bias_values(base: np.ndarray | None, moved: np.ndarray, dtype: np.dtype[Any] | type) -> np.ndarray:
+    """A bias input's value once it gains ``moved``: summed in float64 and stored in ``base``'s type, or, with no
+    ``base`` (a bias is added), ``moved`` in ``dtype``, the layer's weight type. The calibration streams and the graph
+    both take it from here, so the stream runs the bias the graph will hold (a float16 Conv without a bias got a
+    float32 one in the stream, which onnxruntime refused: a traceback)."""
+    if base is None:
+        return moved.astype(dtype)
+    return (base.astype(np.float64) + moved.reshape(base.shape)).astype(base.dtype)
 
 
 class CalibrationMode(enum.StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,10 +65,10 @@ class Report:
     def skip_summary(self) -> str:
         """The skips counted by kind, commonest first ("12 not a weight input; 3 below min-size"): a reason's head,
         without the node or size it names, which would make every skip a kind of its own."""
-        counts: dict[str, int] = {}
-        for s in self.skipped:
-            key = "below min-size" if "below min-size" in s.reason else s.reason.split(" (")[0].split(",")[0]
-            counts[key] = counts.get(key, 0) + 1
+        counts = Counter(
+            "below min-size" if "below min-size" in s.reason else s.reason.split(" (")[0].split(",")[0]
+            for s in self.skipped
+        )
         return "; ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def to_dict(self) -> dict[str, Any]:

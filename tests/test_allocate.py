@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from test_cli import cli
 
 from benchmarks.ggd_model import finite_sample, ggd_kurtosis
-from onnx_statq import QuantConfig, quantize
+from onnx_statq import QuantConfig, StatqPass, quantize
 from onnx_statq.codebook import Method, fit
 from onnx_statq.codebook.allocate import allocate_bits, stored_bits
 from onnx_statq.codebook.predict import predict_curve, predict_rel_error
@@ -187,8 +187,6 @@ def test_the_pass_lifts_the_floor_only_for_matmul_weights(make_model, monkeypatc
 def test_one_bit_is_one_bit_everywhere_and_a_target_still_allocates(conv_model):
     """``bits=1`` with the default allocation raised KeyError (its reference width is below the predicted widths,
     2-8): it now means two levels in every codebook layer; with an average target the allocation runs as usual."""
-    from onnx_statq import StatqPass
-
     m = conv_model()
     assert not QuantConfig(bits=1).allocates and QuantConfig(bits=2).allocates
     assert QuantConfig(bits=1, avg_bits=3).allocates

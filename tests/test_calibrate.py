@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, run, sqnr
+from conftest import REPO, cli, folded_conv_weights, run, sqnr
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_statq import CalibrationError, QuantConfig, StatqPass, quantize, quantize_file
-from onnx_statq.calibrate import calibrate, load_calibration, model_inputs
+from onnx_statq.calibrate import calibrate, executor, load_calibration, model_inputs, refit, session
+from onnx_statq.calibrate.data import feed_samples
 from onnx_statq.calibrate.executor import StreamExecutor
+from onnx_statq.calibrate.feedback import feedback_assign
+from onnx_statq.calibrate.geometry import LayerGeometry, patches
+from onnx_statq.calibrate.gram import GramStats
+from onnx_statq.calibrate.refit import gcv_factor, refit_layer
+from onnx_statq.calibrate.runtime import cpu_session, release_arena
+from onnx_statq.calibrate.session import compensation_for
+from onnx_statq.codebook import encode_tensor
+from onnx_statq.plan import RECOMMENDED_SAMPLES
 
 DIGITS = REPO / "models" / "digits" / "digits_cnn.onnx"
 CALIB = REPO / "models" / "digits" / "digits_calib.npz"
@@ -78,7 +89,6 @@ def test_calibrated_model_matches_executor_stream(digits, constants):
 
 
 def test_bias_added_to_conv_without_bias(make_model, rng):
-    from conftest import folded_conv_weights
 
     w = folded_conv_weights(rng, 32, 16)
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
@@ -179,7 +189,6 @@ def test_error_feedback_beats_nearest_assignment(make_model, rng, granularity):
 
 def test_error_feedback_assignment_is_rounding_on_uncorrelated_inputs(rng):
     """With a diagonal Gram matrix there is nothing to feed back: the assignment is nearest-level, deterministic."""
-    from onnx_statq.calibrate.feedback import feedback_assign
 
     levels = np.sort(rng.standard_normal((1, 8)), axis=1)
     w = rng.standard_normal((16, 40))
@@ -193,10 +202,6 @@ def test_error_feedback_assignment_is_rounding_on_uncorrelated_inputs(rng):
 
 def test_error_feedback_never_worse_than_plain_refit(rng):
     """The guard keeps, per codebook, the better of nearest+refit and feedback+refit on the calibration error."""
-    from onnx_statq.calibrate.geometry import LayerGeometry
-    from onnx_statq.calibrate.gram import GramStats
-    from onnx_statq.calibrate.refit import refit_layer
-    from onnx_statq.codebook import encode_tensor
 
     w = (0.1 * rng.standard_normal((48, 24))).astype(np.float32)
     for granularity in ("tensor", "channel"):
@@ -214,10 +219,6 @@ def test_error_feedback_never_worse_than_plain_refit(rng):
 def test_error_feedback_needs_a_row_per_input(rng, monkeypatch):
     """With fewer calibration rows than inputs the Gram matrix is rank deficient: feedback is not tried, and the
     result is the plain refit's, bit for bit; with as many rows as inputs it is tried."""
-    from onnx_statq.calibrate import refit
-    from onnx_statq.calibrate.geometry import LayerGeometry
-    from onnx_statq.calibrate.gram import GramStats
-    from onnx_statq.codebook import encode_tensor
 
     tried = []
     original = refit._feedback_generalises
@@ -242,7 +243,6 @@ def test_error_feedback_needs_a_row_per_input(rng, monkeypatch):
 
 
 def test_default_compensation_is_per_op_and_an_explicit_one_wins():
-    from onnx_statq.calibrate.session import compensation_for
 
     assert compensation_for("MatMul", None) == 0.0  # transformer residual blocks: the GPTQ target
     assert compensation_for("Conv", None) == compensation_for("Gemm", None) == 0.5
@@ -253,7 +253,6 @@ def test_default_compensation_is_per_op_and_an_explicit_one_wins():
 def test_thread_count_does_not_change_the_streams(conv_model, rng, monkeypatch, quant_stream):
     """Batches run on a pool of Python threads, every session on one onnxruntime thread: the tensors are the same
     bit for bit whatever the number of threads (the calibrated model must not depend on the machine)."""
-    from onnx_statq.calibrate import executor
 
     counts: list[tuple[int, bool]] = []
     real = executor.cpu_session
@@ -291,7 +290,6 @@ def test_thread_count_does_not_change_the_streams(conv_model, rng, monkeypatch, 
 def test_shared_sessions_take_the_environment_arena(conv_model):
     """A shared session allocates from the arena registered once for the process (faulting memory in afresh for
     every segment's own arena cost det 19 GB of page faults); release_arena may run any number of times."""
-    from onnx_statq.calibrate.runtime import cpu_session, release_arena
 
     m = conv_model()
     shared, own = cpu_session(m, basic=True, threads=1, shared=True), cpu_session(m, basic=True, threads=1)
@@ -310,7 +308,6 @@ def test_shared_sessions_take_the_environment_arena(conv_model):
 def test_only_report_segments_get_full_optimisation(conv_model, rng, monkeypatch, quant_stream):
     """Layer inputs come from basic-level sessions (their bits decide the refits); what finish() runs feeds only the
     report's output SQNR, so it may use full optimisation, and its outputs still match the model's."""
-    from onnx_statq.calibrate import executor
 
     levels: list[bool] = []
     real = executor.cpu_session
@@ -335,7 +332,6 @@ def test_only_report_segments_get_full_optimisation(conv_model, rng, monkeypatch
 def test_segments_take_large_weights_as_inputs(conv_model, rng, monkeypatch):
     """Segments carry only small initializers: large weights come as inputs, the float value on the float stream
     and the replacement on the quantized one, so no segment serialises a weight that is then parsed again."""
-    from onnx_statq.calibrate import executor
 
     graphs: list[onnx.GraphProto] = []
     real = executor.cpu_session
@@ -365,7 +361,6 @@ def test_segments_take_large_weights_as_inputs(conv_model, rng, monkeypatch):
 
 def test_model_output_sqnr_matches_the_direct_sums(rng, monkeypatch):
     """The chunked float64 sums give the figure of the whole-array formula, across chunk edges and outputs."""
-    from onnx_statq.calibrate import session
 
     monkeypatch.setattr(session, "SUM_CHUNK", 1000)
     ref = [{"y": rng.standard_normal((3, 2501)).astype(np.float32), "ids": np.arange(3)} for _ in range(2)]
@@ -397,7 +392,6 @@ def test_float_stream_stops_after_its_last_reader(conv_model, rng):
 def test_layers_refitted_without_compensation_never_read_the_float_stream(conv_model, rng, monkeypatch):
     """The MatMul head (compensation 0) is refitted from the quantized stream alone: the calibrated model is the
     same bit for bit as with the float stream carried to the end, while it stops at the Gemm."""
-    from onnx_statq.calibrate import session
 
     m = conv_model()
     feeds = [{"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
@@ -432,8 +426,6 @@ def test_layers_refitted_without_compensation_never_read_the_float_stream(conv_m
 def test_capped_patches_are_the_rows_the_gram_statistics_keep(rng, op, weight_shape, attrs, x_shape, row_cap):
     """patches(..., row_cap) gathers only the rows GramStats would keep of the full im2col (every step-th), the same
     values in the same order, so the statistics are bit for bit those of striding the full matrix."""
-    from onnx_statq.calibrate.geometry import LayerGeometry, patches
-    from onnx_statq.calibrate.gram import GramStats
 
     geo = LayerGeometry(op, attrs, weight_shape)
     xq, xf = (rng.standard_normal(x_shape).astype(np.float32) for _ in range(2))
@@ -451,10 +443,6 @@ def test_capped_patches_are_the_rows_the_gram_statistics_keep(rng, op, weight_sh
 def test_refit_needs_more_rows_than_levels(rng):
     """A per-channel codebook sees one equation per calibration row: with as many rows as levels the refit fits the
     rows exactly, so it is not kept (the data-free weights stay, bit for bit); with many rows it is."""
-    from onnx_statq.calibrate.geometry import LayerGeometry
-    from onnx_statq.calibrate.gram import GramStats
-    from onnx_statq.calibrate.refit import gcv_factor, refit_layer
-    from onnx_statq.codebook import encode_tensor
 
     assert gcv_factor(4, 8) == pytest.approx(4.0) and np.isinf(gcv_factor(8, 8)) and gcv_factor(0, 5) == 1.0
     w = (0.1 * rng.standard_normal((64, 16))).astype(np.float32)
@@ -500,11 +488,6 @@ def test_few_calibration_samples_do_not_wreck_a_classifier_head(rng):
 
 def test_few_calibration_samples_are_pointed_out(digits, caplog, tmp_path):
     """Under ``RECOMMENDED_SAMPLES`` the library warns and the CLI's summary says so; at the default 64, neither."""
-    import logging
-
-    from conftest import cli
-
-    from onnx_statq.plan import RECOMMENDED_SAMPLES
 
     m = digits[0]
     with caplog.at_level(logging.WARNING, logger="onnx_statq"):
@@ -526,7 +509,6 @@ def test_few_calibration_samples_are_pointed_out(digits, caplog, tmp_path):
 def test_a_scalar_first_input_does_not_break_the_sample_count(rng, tmp_path):
     """Feeds are counted on the first input that has a sample axis: a model taking a scalar first (a sample rate, as
     silero VAD's ``sr``) raised TypeError from ``len()`` of the scalar, a traceback for a valid calibration set."""
-    from onnx_statq.calibrate.data import feed_samples
 
     w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
     nodes = [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("MatMul", ["xs", "w"], ["y"])]
@@ -597,3 +579,22 @@ def test_gemm_bias_input_of_any_shape_and_beta(make_model, rng, c_shape, beta):
     assert bool(biased) == (c_shape == (32,))  # only a per-channel C with beta != 0 takes the correction
     if biased:  # the correction cancels the mean output error on the calibration data, not beta times it
         assert np.abs((out - ref).mean(0)).max() < 1e-4 * np.abs(ref).mean()
+
+
+def test_a_float16_convolution_without_bias_gets_a_float16_one(rng):
+    """The bias correction gives a bias-less layer a bias of its weight's type: the calibration stream gave a float16
+    Conv a float32 one, and onnxruntime refused the segment (a traceback, exit 70 in the CLI)."""
+    w = (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float16)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None, 8, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None, 16, 8, 8])
+    g = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = [{"x": (rng.standard_normal((4, 8, 8, 8)) + 0.5).astype(np.float16)} for _ in range(4)]
+    q = quantize(m, bits=3, min_size=16, calib=feeds)
+    onnx.checker.check_model(q)
+    (bias,) = [t for t in q.graph.initializer if "statq_bias" in t.name]
+    assert bias.data_type == TensorProto.FLOAT16
+    ref = np.concatenate([run(m, f)[0] for f in feeds]).astype(np.float32)
+    out = np.concatenate([run(q, f)[0] for f in feeds]).astype(np.float32)
+    assert sqnr(ref, out) > 10

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..plan import bias_input_delta
+from ..plan import bias_input_delta, bias_values
 from .runtime import cpu_session, release_arena
 
 __all__ = ["StreamExecutor", "model_like", "subgraph_inputs"]
@@ -173,9 +173,9 @@ class StreamExecutor:
         return moved is not None
 
     def _biased(self, index: int, node: onnx.NodeProto) -> tuple[onnx.NodeProto, onnx.TensorProto]:
-        moved = self.node_bias[index]
         old = _bias_name(node)
-        base = numpy_helper.to_array(self.weights[old]) if old else np.zeros(moved.shape, np.float32)
+        base = numpy_helper.to_array(self.weights[old]) if old else None
+        value = bias_values(base, self.node_bias[index], self._weight_dtype(node.input[1]))
         name = f"statq_calib_bias_{index}"
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
@@ -183,8 +183,15 @@ class StreamExecutor:
             copy.input[2] = name
         else:
             copy.input.append(name)
-        value = (base.astype(np.float64) + moved).astype(base.dtype)
         return copy, numpy_helper.from_array(value, name)
+
+    def _weight_dtype(self, name: str) -> np.dtype[Any]:
+        """The type of a layer's weight, which a bias it is given takes (the graph gives it the same)."""
+        if name in self.overrides:
+            return self.overrides[name].dtype
+        if name in self.weights:
+            return helper.tensor_dtype_to_np_dtype(self.weights[name].data_type)
+        return np.dtype(np.float32)
 
     def advance(self, stop: int, report_only: bool = False) -> None:
         """Run both streams through nodes ``[pos, stop)``; ``report_only`` when no layer will read what they

@@ -7,15 +7,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..plan import bias_input_delta
+from ..plan import bias_input_delta, bias_values
 
 __all__ = ["add_bias"]
 
 
 def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str]) -> gs.Constant:
-    values = np.asarray(const.values)
-    new = (values.astype(np.float64) + delta.reshape(values.shape)).astype(values.dtype)
-    return gs.Constant(fresh(f"{const.name}.statq_bias"), new)
+    return gs.Constant(fresh(f"{const.name}.statq_bias"), bias_values(np.asarray(const.values), delta, np.float32))
 
 
 def _conv_or_gemm(node: gs.Node, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
@@ -31,7 +29,7 @@ def _conv_or_gemm(node: gs.Node, delta: np.ndarray, fresh: Callable[[str], str])
         node.inputs[2] = _updated(bias, moved, fresh)
         return True
     dtype = np.dtype(node.inputs[1].dtype or np.float32)
-    node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), moved.astype(dtype)))
+    node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), bias_values(None, moved, dtype)))
     return True
 
 
