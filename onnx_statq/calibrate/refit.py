@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codebook import Codebook, EncodedTensor, LevelDType, Representation, from_groups, to_groups
+from ..codebook import Codebook, EncodedTensor, Representation, from_groups, to_groups
 from ..codebook.tensor import channel_rel_error
 from .feedback import feedback_assign, target_weights
 from .geometry import LayerGeometry
 from .gram import GramStats
+from .levels import Halves, held_out_step, normal_equations, solve_levels, stored
 
 logger = logging.getLogger(__name__)
 
@@ -61,44 +62,6 @@ def _db(err: np.ndarray, yy: np.ndarray) -> float:
     return float("inf") if e <= 0 else 10 * np.log10(max(s, 1e-300) / e)
 
 
-def _normal_equations(g: np.ndarray, h: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel normal equations ``A_c = M_c^T G M_c``, ``b_c = M_c^T h_c`` with ``M_c`` the one-hot assignment.
-
-    Chunks of channels go through one matrix product each, ``G [M_1 ... M_ch]``, so the cost is a few BLAS calls per
-    layer instead of one Python iteration per channel. The one-hot matrices are built input-major, the layout that
-    product reads, instead of channel-major and transposed by einsum (the same bits, a quarter less time on
-    MiniLM's 1536-wide layers).
-    """
-    c, n = idx.shape
-    a = np.empty((c, k, k))
-    b = np.empty((c, k))
-    chunk = max(1, (1 << 22) // max(n * k, 1))
-    rows = np.arange(n)[:, None]
-    for s in range(0, c, chunk):
-        part = idx[s : s + chunk].astype(np.intp)
-        ch = part.shape[0]
-        onehot = np.zeros((n, ch, k))  # [n, ch, K]: M_c for every channel of the chunk
-        onehot[rows, np.arange(ch)[None, :], part.T] = 1.0
-        gm = (g @ onehot.reshape(n, ch * k)).reshape(n, ch, k)  # G M_c
-        a[s : s + ch] = np.matmul(onehot.transpose(1, 2, 0), gm.transpose(1, 0, 2))
-        b[s : s + ch] = np.einsum("ick,ic->ck", onehot, h[:, s : s + ch])
-    return a, b
-
-
-def _ridge_solve(a: np.ndarray, b: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """Solve ``[G, K, K]`` systems with a small ridge; levels no weight uses keep their old value."""
-    used = np.diagonal(a, axis1=1, axis2=2) > 0
-    scale = np.where(used, np.diagonal(a, axis1=1, axis2=2), 0).sum(1) / np.maximum(used.sum(1), 1)
-    a = a + (1e-6 * scale + 1e-30)[:, None, None] * np.eye(a.shape[1])[None]
-    a[~used] = 0.0
-    a.transpose(0, 2, 1)[~used] = 0.0
-    grp, lev = np.nonzero(~used)
-    a[grp, lev, lev] = 1.0
-    b = np.where(used, b, 0.0)
-    sol = np.linalg.solve(a, b[..., None])[..., 0]
-    return np.where(used, sol, old)
-
-
 def _index_rows(enc: EncodedTensor, geo: LayerGeometry) -> np.ndarray:
     assert enc.indices is not None
     if enc.representation == Representation.TENSOR:
@@ -119,29 +82,34 @@ def _sorted_codebook(levels: np.ndarray, indices: np.ndarray, cb: Codebook) -> t
 
 
 def _refit_levels(
-    enc: EncodedTensor, geo: LayerGeometry, stats: GramStats, h: np.ndarray, yy: np.ndarray
+    enc: EncodedTensor,
+    geo: LayerGeometry,
+    stats: GramStats,
+    h: np.ndarray,
+    yy: np.ndarray,
+    halves: Halves | None = None,
 ) -> EncodedTensor:
     """``enc`` with each codebook's levels refitted on ``stats`` towards the target ``h``/``yy``, where the refit
-    passes :func:`gcv_factor` (the assignment unchanged)."""
+    passes :func:`gcv_factor` (the assignment unchanged); with ``halves``, shrunk towards the data-free levels by
+    :func:`~.levels.held_out_step`."""
     assert enc.codebook is not None and enc.indices is not None and stats.gqq is not None
     g, rows = stats.gqq, stats.rows
     cb = enc.codebook
     idx_rows = _index_rows(enc, geo)
     w_old = geo.rows(enc.decoded()).astype(np.float64)
     err_old = _quad_error(w_old, g, h, yy)
-    a, b = _normal_equations(g, h, idx_rows, cb.k)
-    if enc.representation == Representation.TENSOR:
-        a, b = a.sum(0, keepdims=True), b.sum(0, keepdims=True)
-    store = np.float16 if cb.level_dtype == LevelDType.FLOAT16 else np.float32
+    one = enc.representation == Representation.TENSOR
+    a, b = normal_equations(g, h, idx_rows, cb.k, one)
     old = cb.levels.astype(np.float64)
-    cand = _ridge_solve(a, b, old).astype(store).astype(np.float64)
-    cand = np.where(np.isfinite(cand), cand, old)
+    cand = solve_levels(a, b, old, cb.level_dtype)
+    if halves is not None:  # few rows: step towards the refit only as far as held-out rows support (.levels)
+        step = held_out_step(a, b, old, cb.level_dtype, halves, idx_rows, one)
+        cand = stored(old + step[:, None] * (cand - old), cb.level_dtype)
     rows_of = np.zeros(idx_rows.shape[0], np.intp) if cand.shape[0] == 1 else np.arange(idx_rows.shape[0])
     err_new = _quad_error(np.take_along_axis(cand[rows_of], idx_rows.astype(np.intp), 1), g, h, yy)
     # kept where it lowers the calibration error by more than its fitted levels explain (gcv_factor): a codebook
     # over the tensor is informed by every channel's outputs, one per channel by its own; an exact fit's error may
     # come out a rounding below 0, which no factor may turn into a gain
-    one = cand.shape[0] == 1
     factor = gcv_factor((np.diagonal(a, axis1=1, axis2=2) > 0).sum(1), rows * idx_rows.shape[0] if one else rows)
     new_err = np.maximum(err_new.sum() if one else err_new, 0.0)
     old_err = err_old.sum() if one else err_old
@@ -250,6 +218,17 @@ def _refitted_feedback(
     return cand
 
 
+def _halves(stats: GramStats, wf: np.ndarray, lam: float, held_out: bool) -> Halves | None:
+    """What :func:`~.levels.held_out_step` needs for a layer with fewer calibration rows than inputs (None for
+    any other, without ``held_out`` or without a held-out half): its fit half's Gram matrix and target."""
+    parts = None if not held_out or enough_rows(stats) else stats.halves()
+    if parts is None:
+        return None
+    fit = parts[0]
+    assert fit.gqq is not None
+    return Halves(fit.gqq, _target(fit, wf, lam)[0])
+
+
 def enough_rows(stats: GramStats) -> bool:
     """Whether ``stats`` hold enough rows per input for the error-feedback assignment to be tried
     (``FEEDBACK_MIN_ROWS_PER_INPUT``)."""
@@ -287,6 +266,7 @@ def refit_layer(
     refit_levels: bool = True,
     compensation: float = 1.0,
     error_feedback: bool = False,
+    held_out_levels: bool = False,
 ) -> RefitResult:
     """Refit ``enc``'s levels by least squares and compute the bias correction.
 
@@ -296,7 +276,9 @@ def refit_layer(
     calibration error is kept (per codebook for per-channel codebooks).
 
     A refit is kept per codebook only when it lowers the calibration error, so calibration never makes a layer worse
-    on the calibration data; the ridge term keeps near-singular Gram matrices solvable.
+    on the calibration data; the ridge term keeps near-singular Gram matrices solvable. ``held_out_levels`` (the
+    caller's choice for small calibration sets; ``stats`` must be split): a layer with fewer rows than inputs moves
+    its levels only as far towards the refit as held-out rows support (:func:`~.levels.held_out_step`).
     """
     assert stats.gqq is not None and stats.sum_q is not None
     wf = geo.rows(w_float).astype(np.float64)
@@ -305,7 +287,8 @@ def refit_layer(
     new = enc
     feedback_s = 0.0
     if (refit_levels or error_feedback) and enc.representation != Representation.FLOAT16:
-        new = _refit_levels(enc, geo, stats, h, yy) if refit_levels else enc
+        if refit_levels:
+            new = _refit_levels(enc, geo, stats, h, yy, _halves(stats, wf, compensation, held_out_levels))
         t0 = time.perf_counter()
         if (
             error_feedback

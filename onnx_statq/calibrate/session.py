@@ -128,6 +128,7 @@ def calibrate(
             samples,
             RECOMMENDED_SAMPLES,
         )
+    few = samples < RECOMMENDED_SAMPLES  # refits from fewer rows than inputs then go only as far as held-out rows say
     summary = CalibrationSummary(mode=str(mode), samples=samples, mask_input=mask_input)
     masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
@@ -140,7 +141,7 @@ def calibrate(
 
         def refine(plan: LayerPlan) -> LayerOutcome:
             return _calibrate_one(
-                ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s, masks
+                ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s, masks, few
             )
 
         t_run, t_fit = _walk(ex, plans, refine, summary, progress)
@@ -202,13 +203,16 @@ def _calibrate_one(
     error_feedback: bool,
     fb_s: list[float],
     masks: list[np.ndarray | None],
+    few: bool,
 ) -> LayerOutcome:
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
         return LayerOutcome(plan.encoded, note=f"data-free: {why}")
     geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
     feedback = error_feedback and plan.op in FEEDBACK_OPS
-    stats = GramStats(split=feedback)  # a held-out half decides whether the feedback assignment generalises
+    # a held-out half decides whether the feedback assignment generalises, and with few samples how far a refit
+    # from fewer rows than inputs goes (refit.refit_layer's held_out_levels)
+    stats = GramStats(split=feedback or few)
     if mode == CalibrationMode.INDEPENDENT:
         xq_all = xf_all = ex.inputs(plan.input_name, quant=False)
     else:
@@ -222,7 +226,7 @@ def _calibrate_one(
         pf = patches(geo, real_rows(xf, mask), cap)
         stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap, only)
     lam = compensation_for(plan.op, compensation)
-    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback)
+    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback, few)
     fb_s[0] += result.feedback_s
     if not bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)
