@@ -418,7 +418,7 @@ def _previous(args: argparse.Namespace, machine: dict[str, Any], options: dict[s
         raise SystemExit(f"--update: {path} does not exist; run without --update first")
     data: dict[str, Any] = json.loads(path.read_text())
     data["machine"].setdefault("updates", []).append(
-        {k: machine[k] for k in ("commit", "dirty", "date", "loadavg_start")}
+        {k: machine.get(k) for k in ("commit", "dirty", "date", "loadavg_start", "lscpu_model_name", "cpu_count")}
         | {"tools": options["tools"], "models": options["models"]}
     )
     return data

@@ -27,9 +27,21 @@ def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str
     if data.get("limit") != limit:
         raise SystemExit(f"--update: {path} was measured with limit {data.get('limit')}, this run with {limit}")
     data["machine"].setdefault("updates", []).append(
-        {k: machine.get(k) for k in ("commit", "dirty", "date")} | {"rows": []}
+        {k: machine.get(k) for k in ("commit", "dirty", "date", *MACHINE_KEYS)} | {"rows": []}
     )
     return data
+
+
+# What names the machine in a results record: an update run on another machine says so (its rows were not measured
+# where the header says; before, the page named only the first run's machine).
+MACHINE_KEYS = ("cpu", "cores")
+
+
+def _elsewhere(up: dict[str, Any], first: dict[str, Any]) -> str:
+    """`` on <cpu> (<n> cores)`` when the update ran on another machine than the first run, else ''."""
+    if up.get("cpu") is None or all(up.get(k) == first.get(k) for k in MACHINE_KEYS):
+        return ""
+    return f" on {up['cpu']} ({up.get('cores')} cores)"
 
 
 def mark(row: dict[str, Any], machine: dict[str, Any], label: str) -> None:
@@ -51,10 +63,11 @@ def put(rows: list[dict[str, Any]], row: dict[str, Any], key: Sequence[str]) -> 
 
 
 def note(machine: dict[str, Any]) -> str:
-    """One sentence per update for the page's header line: which rows were rerun, at which commit and date."""
+    """One sentence per update for the page's header line: which rows were rerun, at which commit and date, and on
+    which machine where it is not the first run's."""
     return "".join(
-        f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}, "
-        f"{up['date']}: {', '.join(up['rows']) or 'no rows'}."
+        f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}"
+        f"{_elsewhere(up, machine)}, {up['date']}: {', '.join(up['rows']) or 'no rows'}."
         for up in machine.get("updates", [])
     )
 

@@ -48,3 +48,15 @@ def test_update_refuses_a_missing_file_or_another_limit(tmp_path):
     path.write_text(json.dumps({"machine": {}, "limit": 100, "rows": []}))
     with pytest.raises(SystemExit, match="limit 100"):
         rerun.previous(path, {}, None)
+
+
+def test_an_update_on_another_machine_names_it(tmp_path):
+    path = tmp_path / "r.json"
+    first = {"commit": "old", "date": "d0", "cpu": "Intel Xeon", "cores": 2}
+    path.write_text(json.dumps({"machine": first, "limit": None, "rows": _rows()}))
+    same = rerun.previous(path, {"commit": "a", "dirty": False, "date": "d1", "cpu": "Intel Xeon", "cores": 2}, None)
+    path.write_text(json.dumps(same))
+    other = rerun.previous(path, {"commit": "b", "dirty": False, "date": "d2", "cpu": "AMD EPYC", "cores": 2}, None)
+    text = rerun.note(other["machine"])
+    assert "at commit a, d1:" in text  # the first run's machine: not repeated
+    assert "at commit b on AMD EPYC (2 cores), d2:" in text
