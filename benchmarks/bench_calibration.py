@@ -248,12 +248,15 @@ class TaskContext:
     masks: list[np.ndarray | None]  # per feed, the padding mask the pass reads by default (None: none)
 
 
-def prepare_task(task: str, samples: int, limit: int | None) -> tuple[TaskContext, dict[str, Any]]:
-    """Build the feeds, open the float session, evaluate the float model; returns the context and float row."""
+def prepare_task(
+    task: str, samples: int, limit: int | None, seed: int | None = None
+) -> tuple[TaskContext, dict[str, Any]]:
+    """Build the feeds, open the float session, evaluate the float model; returns the context and float row.
+    ``seed``: another draw of the calibration data, for the tasks whose feeds take one (``bench_draws``)."""
     module = ALL_TASKS[task]
     model = Path(module.default_model_path())
     start = time.perf_counter()
-    feeds = module.calibration_feeds(samples)
+    feeds = module.calibration_feeds(samples) if seed is None else module.calibration_feeds(samples, seed=seed)
     feeds_s = time.perf_counter() - start
     start = time.perf_counter()
     sess = make_session(model)

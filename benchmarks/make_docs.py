@@ -2,8 +2,8 @@
 
 Nothing here measures anything: every figure comes from benchmarks/results/, which records the machine it ran on.
 ``python -m benchmarks.make_docs`` after any of ``bench_codebook``, ``bench_size_time``, ``bench_models``,
-``bench_calibration`` or ``bench_peers``. The peer comparison's verdicts (is onnx-statq at 4 bits smaller than every
-8-bit peer, at least as accurate as each 4-bit peer at equal or smaller size) are computed here from
+``bench_calibration``, ``bench_draws`` or ``bench_peers``. The peer comparison's verdicts (is onnx-statq at 4 bits
+smaller than every 8-bit peer, at least as accurate as each 4-bit peer at equal or smaller size) are computed here from
 ``peers.json`` by ``benchmarks.peers.report``, never typed by hand; its plots are the PNGs ``bench_peers`` drew.
 
 ``python -m benchmarks.make_docs --run`` is the one command that regenerates the page and its plots from scratch:
@@ -57,6 +57,7 @@ RUNS: dict[str, list[str]] = {
         *("--tasks", "digits,magika,ppocr_rec,minilm,ppocr_det,ppocr_cls,silero_vad", "--samples", "8"),
         *("--bits", "4,3", "--compensations", "", "--out", "calibration_8"),
     ],
+    "draws": ["bench_draws"],
     "alloc": ["bench_alloc"],
     "peers": ["bench_peers"],
 }
@@ -315,6 +316,10 @@ def build() -> None:
     parts += verbatim(
         "calibration_8",
         "Calibration with 8 samples, the small end of the 8-64 the issue names, on every model",
+    )
+    parts += verbatim(
+        "draws",
+        "Calibration draws: the small models' calibrated rows on five draws of their calibration data",
     )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:

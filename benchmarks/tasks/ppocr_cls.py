@@ -117,8 +117,9 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     }
 
 
-def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
-    """Render ``n`` calibration lines from the built-ins' docstrings (half rotated), ``BATCH`` per feed."""
-    images, _ = make_lines(ppocr_rec.calib_lines(n), CALIB_SEED)
+def calibration_feeds(n: int, seed: int = CALIB_SEED) -> list[dict[str, np.ndarray]]:
+    """Render ``n`` calibration lines from the built-ins' docstrings (half rotated), ``BATCH`` per feed; ``seed``
+    renders them differently (fonts, sizes, which half is rotated: ``bench_draws``)."""
+    images, _ = make_lines(ppocr_rec.calib_lines(n), seed)
     x = np.stack([preprocess(img) for img in images])
     return [{INPUT_NAME: x[i : i + BATCH]} for i in range(0, len(x), BATCH)]

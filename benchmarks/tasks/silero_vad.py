@@ -183,9 +183,10 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     }
 
 
-def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(n: int, seed: int = CALIB_SEED) -> list[dict[str, np.ndarray]]:
     """``n`` frames with the state the float model had reached there, from clips of another text source,
-    ``CALIB_FRAMES_PER_FEED`` clips per feed: a stateful model's calibration sample is one complete call.
+    ``CALIB_FRAMES_PER_FEED`` clips per feed: a stateful model's calibration sample is one complete call. ``seed``
+    draws other clips and frames (``bench_draws``).
 
     The evaluation clips are synthesised first: espeak-ng's output depends on what it synthesised before in the
     process, so evaluation data made after the calibration clips differed from the data :func:`evaluate` makes in a
@@ -193,9 +194,9 @@ def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
     without; the float model 0.9475 and 0.9476). With this order every process evaluates on the same clips."""
     _eval_data()
     n_clips = max(1, -(-n // 4))
-    clips, _ = make_clips(ppocr_rec.calib_lines(20 * n_clips), n_clips, CALIB_SEED)
+    clips, _ = make_clips(ppocr_rec.calib_lines(20 * n_clips), n_clips, seed)
     frames = clips.shape[1] // FRAME
-    rng = random.Random(CALIB_SEED)
+    rng = random.Random(seed)
     picks = sorted(rng.sample(range(4, frames), min(4, frames - 4)))
     _, kept = run(_common.make_session(default_model_path()), clips, keep=picks)
     feeds = []
