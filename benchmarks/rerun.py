@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["keep", "mark", "note", "previous", "put"]
+__all__ = ["MACHINE_KEYS", "elsewhere", "keep", "mark", "note", "previous", "put"]
 
 
 def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str, Any]:
@@ -37,11 +37,13 @@ def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str
 MACHINE_KEYS = ("cpu", "cores")
 
 
-def _elsewhere(up: dict[str, Any], first: dict[str, Any]) -> str:
-    """`` on <cpu> (<n> cores)`` when the update ran on another machine than the first run, else ''."""
-    if up.get("cpu") is None or all(up.get(k) == first.get(k) for k in MACHINE_KEYS):
+def elsewhere(up: dict[str, Any], first: dict[str, Any], keys: Sequence[str] = MACHINE_KEYS) -> str:
+    """`` on <cpu> (<n> cores)`` when the update ran on another machine than the first run, else '' (also for
+    updates recorded before the machine was). ``keys``: the record's (cpu, cores) names (bench_peers has its own)."""
+    cpu, cores = keys
+    if up.get(cpu) is None or all(up.get(k) == first.get(k) for k in keys):
         return ""
-    return f" on {up['cpu']} ({up.get('cores')} cores)"
+    return f" on {up[cpu]} ({up.get(cores)} cores)"
 
 
 def mark(row: dict[str, Any], machine: dict[str, Any], label: str) -> None:
@@ -67,7 +69,7 @@ def note(machine: dict[str, Any]) -> str:
     which machine where it is not the first run's."""
     return "".join(
         f" Rerun with `--update` at commit {up['commit'] or '?'}{', modified' if up['dirty'] else ''}"
-        f"{_elsewhere(up, machine)}, {up['date']}: {', '.join(up['rows']) or 'no rows'}."
+        f"{elsewhere(up, machine)}, {up['date']}: {', '.join(up['rows']) or 'no rows'}."
         for up in machine.get("updates", [])
     )
 

@@ -113,3 +113,12 @@ def test_make_docs_run_list_parses_with_each_benchmark():
         args = parse(argv)
         out = getattr(args, "out", None)
         assert out in (None, name), f"{name}: writes {out}"
+
+
+def test_a_peers_update_on_another_machine_names_it():
+    first = {"lscpu_model_name": "Intel Xeon", "cpu_count": 2}
+    ups = [first | {"commit": "a", "date": "d1", "tools": ["t"]}, {"commit": "b", "date": "d2", "tools": ["t"]}]
+    ups.append({"commit": "c", "date": "d3", "lscpu_model_name": "AMD EPYC", "cpu_count": 2, "tools": ["t"]})
+    (text,) = report._reruns(first | {"updates": ups})
+    assert "commit a, d1" in text and "commit b, d2" in text  # same machine, or recorded before machines were
+    assert "commit c on AMD EPYC (2 cores), d3" in text

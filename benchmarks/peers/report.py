@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rerun import elsewhere
+
 # The rows the verdicts compare (tool keys of benchmarks.peers.TOOLS).
 STATQ_4 = "statq/4"
 STATQ_4_CALIB = "statq-calib/4"
@@ -384,12 +386,7 @@ def _duration(s: float | None) -> str:
     return "run time ?" if s is None else f"run time {s / 60:.1f} min"
 
 
-def _elsewhere(up: dict[str, Any], m: dict[str, Any]) -> str:
-    """`` on <cpu> (<n> cores)`` for an update run on another machine than the first run (recorded since 198649b)."""
-    keys = ("lscpu_model_name", "cpu_count")
-    if up.get("lscpu_model_name") is None or all(up.get(k) == m.get(k) for k in keys):
-        return ""
-    return f" on {up['lscpu_model_name']} ({up.get('cpu_count')} cores)"
+PEERS_MACHINE_KEYS = ("lscpu_model_name", "cpu_count")  # bench_peers' names for the CPU and its cores
 
 
 def _reruns(m: dict[str, Any]) -> list[str]:
@@ -397,7 +394,7 @@ def _reruns(m: dict[str, Any]) -> list[str]:
     (the header's is the original run's)."""
     runs = [
         f"Rerun with `--update` at commit {up.get('commit') or '?'}{' (modified)' if up.get('dirty') else ''}"
-        f"{_elsewhere(up, m)}, {up.get('date')}: {', '.join(up.get('tools') or [])}"
+        f"{elsewhere(up, m, PEERS_MACHINE_KEYS)}, {up.get('date')}: {', '.join(up.get('tools') or [])}"
         f"{' on ' + ', '.join(up['models']) if up.get('models') else ''}; {_duration(up.get('wall_s'))}."
         for up in m.get("updates", [])
     ]
