@@ -72,7 +72,7 @@ import onnx_statq.calibrate  # the pass imports it lazily; load it now (see main
 from benchmarks import paired, rerun
 from benchmarks.bench_models import QUICK_LIMIT, RESULTS_DIR, _csv, _git, evaluate_row, machine_info
 from benchmarks.tasks import ALL_TASKS, TASKS
-from benchmarks.tasks._common import make_session
+from benchmarks.tasks._common import make_session, write_text_atomic
 from onnx_statq.api import DEFAULT_COMPENSATION, quantize_file
 from onnx_statq.calibrate import model_inputs
 from onnx_statq.calibrate.data import feed_samples
@@ -655,10 +655,7 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
     }
     texts = ((".json", paired.dumps(_json_safe(payload), indent=2) + "\n"), (".md", markdown(rows, machine, args)))
     for suffix, text in texts:
-        path = RESULTS_DIR / (args.out + suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(RESULTS_DIR / (args.out + suffix), text)
 
 
 def run_task(task: str, args: argparse.Namespace, sink: list[dict[str, Any]], machine: dict[str, Any]) -> None:

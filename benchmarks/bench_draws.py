@@ -21,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,10 @@ if not __package__:  # Run as a script: import the package from the repo root, n
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as bench_calibration (see there)
 
 from benchmarks import bench_calibration as bc
+from benchmarks import paired
 from benchmarks.bench_models import RESULTS_DIR, machine_info
 from benchmarks.tasks import ALL_TASKS
+from benchmarks.tasks._common import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("silero_vad", "ppocr_cls")
@@ -94,8 +95,11 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         for seed in seeds:
             cmd = [sys.executable, "-m", "benchmarks.bench_draws", "--draw", f"{task}:{samples}:{seed}"]
             cmd += ["--bits", ",".join(map(str, args.bits)), "--modes", ",".join(args.modes)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            for r in json.loads(out.strip().splitlines()[-1]):
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise SystemExit(f"bench_draws: the draw {task}:{samples}:{seed} failed: {last}")
+            for r in json.loads(done.stdout.strip().splitlines()[-1]):
                 rows.append(r)
                 print(f"{task} {samples} samples seed {seed} {r['mode']}/{r['bits']}: {r['delta_points']:+.2f}")
     return rows
@@ -153,11 +157,9 @@ def write(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Na
     summ = summary(rows)
     options = {k: getattr(args, k) for k in ("tasks", "samples", "bits", "modes", "seeds")}
     payload = {"machine": machine, "options": options, "summary": summ, "rows": rows}
-    for suffix, text in ((".json", json.dumps(payload, indent=1) + "\n"), (".md", markdown(summ, machine))):
-        path = RESULTS_DIR / f"{args.out}{suffix}"
-        with tempfile.NamedTemporaryFile("w", dir=RESULTS_DIR, delete=False, suffix=".tmp") as f:
-            f.write(text)
-        os.replace(f.name, path)
+    text = paired.dumps(bc._json_safe(payload), indent=1) + "\n"
+    write_text_atomic(RESULTS_DIR / f"{args.out}.json", text)
+    write_text_atomic(RESULTS_DIR / f"{args.out}.md", markdown(summ, machine))
 
 
 def main(argv: list[str] | None = None) -> int:

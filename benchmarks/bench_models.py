@@ -52,6 +52,7 @@ import onnxruntime as ort
 import onnx_statq
 from benchmarks import paired, rerun
 from benchmarks.tasks import ALL_TASKS, TASKS
+from benchmarks.tasks._common import write_text_atomic
 from onnx_statq.api import quantize_file
 from onnx_statq.config import QuantConfig
 
@@ -385,10 +386,7 @@ def write_results(rows: list[dict[str, Any]], machine: dict[str, Any], args: arg
         (".json", paired.dumps(payload, indent=2) + "\n"),
         (".md", markdown(rows, machine, args.limit)),
     ):
-        path = RESULTS_DIR / (args.out + suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(RESULTS_DIR / (args.out + suffix), text)
 
 
 def run_task(

@@ -59,7 +59,7 @@ import numpy as np
 
 from benchmarks.peers import TOOLS, NotApplicable, Tool, report
 from benchmarks.tasks import TASKS
-from benchmarks.tasks._common import machine_base
+from benchmarks.tasks._common import machine_base, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -404,10 +404,7 @@ def write_results(data: dict[str, Any], out: str, plots: dict[str, Path] | None 
     rel = {m: os.path.relpath(p, RESULTS) for m, p in (plots or {}).items()}
     texts = ((".json", json.dumps(data, indent=1, default=float) + "\n"), (".md", report.markdown(data, rel)))
     for suffix, text in texts:
-        path = RESULTS / (out + suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(RESULTS / (out + suffix), text)
 
 
 def _previous(args: argparse.Namespace, machine: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

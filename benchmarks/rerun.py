@@ -16,6 +16,11 @@ from typing import Any
 __all__ = ["MACHINE_KEYS", "elsewhere", "keep", "mark", "note", "previous", "put"]
 
 
+# What names the machine in a results record: an update run on another machine says so (its rows were not measured
+# where the header says; before, the page named only the first run's machine).
+MACHINE_KEYS = ("cpu", "cores")
+
+
 def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str, Any]:
     """The existing results at ``path``, with this run logged in ``machine["updates"]`` of the first run's record.
 
@@ -30,11 +35,6 @@ def previous(path: Path, machine: dict[str, Any], limit: int | None) -> dict[str
         {k: machine.get(k) for k in ("commit", "dirty", "date", *MACHINE_KEYS)} | {"rows": []}
     )
     return data
-
-
-# What names the machine in a results record: an update run on another machine says so (its rows were not measured
-# where the header says; before, the page named only the first run's machine).
-MACHINE_KEYS = ("cpu", "cores")
 
 
 def elsewhere(up: dict[str, Any], first: dict[str, Any], keys: Sequence[str] = MACHINE_KEYS) -> str:

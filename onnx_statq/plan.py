@@ -43,7 +43,7 @@ def bias_input_delta(
     return moved if bias_shape is None else moved.reshape(bias_shape)
 
 
-def bias_values(base: np.ndarray | None, moved: np.ndarray, dtype: np.dtype[Any] | type) -> np.ndarray:
+def bias_values(base: np.ndarray | None, moved: np.ndarray, dtype: np.dtype[Any] | type = np.float32) -> np.ndarray:
     """A bias input's value once it gains ``moved``: summed in float64 and stored in ``base``'s type, or, with no
     ``base`` (a bias is added), ``moved`` in ``dtype``, the layer's weight type. The calibration streams and the graph
     both take it from here, so the stream runs the bias the graph will hold (a float16 Conv without a bias got a

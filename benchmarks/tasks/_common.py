@@ -66,6 +66,13 @@ def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a results file via a temporary name, so that a reader or a crash never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def cpu_model() -> str:
     """The CPU's model name as lscpu reports it ("" where lscpu is missing): benchmarks name their machine."""
     import subprocess

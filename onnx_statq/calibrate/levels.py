@@ -29,9 +29,9 @@ __all__ = ["Halves", "held_out_step", "normal_equations", "solve_levels", "store
 
 @dataclass(frozen=True)
 class Halves:
-    """Half of the calibration batches (``fit``) against the rest: each half's input Gram matrix and target cross
-    term (``refit._target``). The whole is their sum, so the rest's normal equations are the whole's minus the
-    half's."""
+    """The fit half of the calibration batches (``GramStats.halves``): its input Gram matrix and target cross term
+    (``refit._target``). The rest is not kept: the whole is the sum of the two halves, so the rest's normal
+    equations are the whole's minus the fit half's."""
 
     g_fit: np.ndarray
     h_fit: np.ndarray

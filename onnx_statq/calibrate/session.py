@@ -121,14 +121,14 @@ def calibrate(
     through onnxruntime at once; the result does not depend on it. ``mask_input``: a ``[batch, sequence]`` model
     input whose zeros mark padding, which MatMul refits then leave out (:mod:`.masks`)."""
     samples = sum(feed_samples(f) for f in feeds)
-    if samples < RECOMMENDED_SAMPLES:
+    few = samples < RECOMMENDED_SAMPLES  # refits from fewer rows than inputs then go only as far as held-out rows say
+    if few:
         logger.warning(
             "calibrating on %d samples: with fewer than %d, small models can come out worse than data-free "
             "(docs/calibration.md, 'How many samples')",
             samples,
             RECOMMENDED_SAMPLES,
         )
-    few = samples < RECOMMENDED_SAMPLES  # refits from fewer rows than inputs then go only as far as held-out rows say
     summary = CalibrationSummary(mode=str(mode), samples=samples, mask_input=mask_input)
     masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)

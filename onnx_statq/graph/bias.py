@@ -13,7 +13,7 @@ __all__ = ["add_bias"]
 
 
 def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str]) -> gs.Constant:
-    return gs.Constant(fresh(f"{const.name}.statq_bias"), bias_values(np.asarray(const.values), delta, np.float32))
+    return gs.Constant(fresh(f"{const.name}.statq_bias"), bias_values(np.asarray(const.values), delta))
 
 
 def _conv_or_gemm(node: gs.Node, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
