@@ -108,7 +108,11 @@ def main() -> None:
     default=None,
     help="Who shares a codebook: auto (default), tensor, channel.",
 )
-@click.option("--exclude", multiple=True, help="Node name or op type to leave in float (repeatable).")
+@click.option(
+    "--exclude",
+    multiple=True,
+    help="Node name, weight name (the table's) or op type to leave in float (repeatable).",
+)
 @click.option(
     "--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]"
 )

@@ -1,7 +1,7 @@
 """The one typed configuration behind the CLI, the API and the toolchain passes; validated when built.
 
-Settings resolve per node name first, then per op type, then globally, so a user can lift one sensitive layer to 8
-bits without restating everything else.
+Settings resolve per node name first (or the name of the weight it reads), then per op type, then globally, so a user
+can lift one sensitive layer to 8 bits without restating everything else.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class QuantConfig:
             raise ConfigError(f"avg_bits must be a number from 2 to 8, got {self.avg_bits!r}")
         self._check_targets()
         if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
-            raise ConfigError("exclude must be a list of node names or op types")
+            raise ConfigError("exclude must be a list of node names, weight names or op types")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not isinstance(self.sensitivity, bool):
             raise ConfigError(f"sensitivity must be true or false, got {self.sensitivity!r}")
@@ -128,10 +128,18 @@ class QuantConfig:
         if targets and self.allocation == Allocation.FIXED:
             raise ConfigError(f"{targets[0]} needs allocation 'auto', not 'fixed'")
 
-    def resolve(self, node_name: str, op_type: str) -> Resolved:
-        """Settings for one consumer node: node name, then op type, then the global values."""
-        chain = [s for s in (self.nodes.get(node_name), self.op_types.get(op_type)) if s is not None]
-        skip = node_name in self.exclude or op_type in self.exclude or any(s.skip for s in chain)
+    def overrides(self, node_name: str, op_type: str, weight_name: str = "") -> list[LayerSettings]:
+        """The ``nodes`` and ``op_types`` entries that apply to one use of a weight, most specific first: the node's
+        name, then the weight's (the name the report's table shows, which is all a model with unnamed nodes
+        offers), then the op type."""
+        keys = ((self.nodes, node_name), (self.nodes, weight_name), (self.op_types, op_type))
+        return [s for table, key in keys if key and (s := table.get(key)) is not None]
+
+    def resolve(self, node_name: str, op_type: str, weight_name: str = "") -> Resolved:
+        """Settings for one consumer node: node name, then weight name, then op type, then the global values."""
+        chain = self.overrides(node_name, op_type, weight_name)
+        named = {node_name, weight_name, op_type} - {""}
+        skip = any(e in named for e in self.exclude) or any(s.skip for s in chain)
         return Resolved(
             bits=next((s.bits for s in chain if s.bits is not None), self.bits),
             method=next((s.method for s in chain if s.method is not None), self.method),

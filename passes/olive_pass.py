@@ -57,7 +57,9 @@ class OnnxStatqQuantization(Pass):
             "jobs": PassConfigParam(
                 type_=int, default_value=None, description="Threads for the numerics (same output). [one per CPU, <= 8]"
             ),
-            "exclude": PassConfigParam(type_=list, default_value=None, description="Node names or op types to skip."),
+            "exclude": PassConfigParam(
+                type_=list, default_value=None, description="Node names, weight names or op types to skip."
+            ),
             "config_file": PassConfigParam(
                 type_=str, default_value=None, category=ParamCategory.PATH, description="A .toml or .json QuantConfig."
             ),

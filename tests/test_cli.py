@@ -112,6 +112,7 @@ BAD_INPUTS = {
     "bad config syntax": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.toml", b"bits = = 3"))], 2),
     "bad config value": (lambda t: DIGITS, lambda t: ["--config", str(_write(t / "c.json", b'{"bits": "x"}'))], 2),
     "bad calib mask": (lambda t: DIGITS, ["--calib", str(DIGITS_CALIB), "--calib-mask", "attention_mask"], 2),
+    "exclude names nothing": (lambda t: DIGITS, ["--exclude", "conv2.weights"], 2),
 }
 
 

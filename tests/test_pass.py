@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest import run, sqnr
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_statq import NoWeightsError, QuantConfig, StatqPass, UnsupportedModelError, quantize
+from onnx_statq import ConfigError, NoWeightsError, QuantConfig, StatqPass, UnsupportedModelError, quantize
 from onnx_statq.codebook import Granularity, encode_tensor
 
 
@@ -124,6 +125,40 @@ def test_exclude_by_name_and_op_type(conv_model):
     r = StatqPass(QuantConfig(exclude=("conv2", "MatMul"), min_size=100))(m).report
     assert {layer.name for layer in r.layers} == {"w1", "fc"}
     assert sum("excluded" in s.reason for s in r.skipped) == 2
+
+
+def test_exclude_and_node_settings_take_weight_names(conv_model):
+    # a model with unnamed nodes offers only the weight names the report's table shows
+    r = StatqPass(QuantConfig(exclude=("w2",), min_size=100))(conv_model()).report
+    assert {layer.name for layer in r.layers} == {"w1", "fc", "head"}
+    assert "excluded" in {s.name: s.reason for s in r.skipped}["w2"]
+    cfg = QuantConfig.from_dict(
+        {"bits": 3, "min_size": 100, "granularity": "tensor", "allocation": "fixed", "nodes": {"w1": {"bits": 6}}}
+    )
+    bits = {layer.name: layer.bits for layer in StatqPass(cfg)(conv_model()).report.layers}
+    assert bits["w1"] == 6 and bits["w2"] == 3
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"exclude": ["conv_2"]}, "exclude entry 'conv_2' names no node, weight or op type of the model (did you mean"),
+        ({"exclude": ["conv"]}, "'Conv'"),
+        ({"nodes": {"w9": {"bits": 8}}}, "nodes entry 'w9' names no node"),
+        ({"nodes": {"MatMul": {"bits": 8}}}, "nodes entry 'MatMul'"),  # an op type belongs in op_types
+        ({"op_types": {"conv": {"bits": 8}}}, "op_types entry 'conv' names no op type of the model (did you mean"),
+    ],
+)
+def test_names_that_match_nothing_are_config_errors(conv_model, config, message):
+    m = conv_model()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        StatqPass(QuantConfig.from_dict(config))(m)
+
+
+def test_an_op_type_the_model_lacks_is_not_an_error(conv_model):
+    # one config may serve several models: excluding Gather or LSTM where there is none changes nothing
+    r = StatqPass(QuantConfig(exclude=("Gather", "LSTM"), op_types={"GRU": {"bits": 8}}, min_size=100))(conv_model())
+    assert {layer.name for layer in r.report.layers} == {"w1", "w2", "fc", "head"}
 
 
 def test_per_node_settings_override_op_type_and_global(conv_model):

@@ -236,11 +236,8 @@ class StatqPass:
         return Layer(w.deferred, axis, enc, others, not w.matmul_only)  # values mapped one weight at a time
 
     def _fixed_bits(self, w: Weight) -> bool:
-        return any(
-            s is not None and s.bits is not None
-            for u in w.uses
-            for s in (self.config.nodes.get(u.node.name or ""), self.config.op_types.get(u.node.op))
-        )
+        uses = ((u.node.name or "", u.node.op) for u in w.uses)
+        return any(s.bits is not None for node, op in uses for s in self.config.overrides(node, op, w.tensor.name))
 
     def _refine(
         self,

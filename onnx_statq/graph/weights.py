@@ -6,19 +6,22 @@ nodes is one weight with several uses (encoded once). What is skipped, and why, 
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..config import QuantConfig, Resolved
+from ..errors import ConfigError
 from ..lazy import deferred_values_of, values_of
 from ..report import Report, SkipRecord
 from .handlers import weight_slots
 from .model_io import FLOATS, constant_source, enclosing, graphs, is_float, parents
 
-__all__ = ["Use", "Weight", "admit", "find_weights", "nothing_message"]
+__all__ = ["Use", "Weight", "admit", "check_names", "find_weights", "nothing_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +90,34 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                     continue
                 w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
                 shape = tuple(int(s) for s in w.values.shape)
-                settings = config.resolve(node.name or "", node.op)
+                settings = config.resolve(node.name or "", node.op, t.name)
                 w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
     parent = parents(graph)
     for w in found.values():
         if w.source is None:
             w.scope = enclosing(parent, [u.graph for u in w.uses])
     _report_other_constants(graph, found, report)
+    check_names(graph, list(found.values()), config)
     return list(found.values())
+
+
+def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> None:
+    """Refuse an ``exclude`` entry or a ``nodes`` or ``op_types`` key that names nothing in the model: a typo would
+    otherwise quantize the layer it meant to protect, silently (``exclude`` took only node names before, so a
+    weight name copied from the report's table did nothing). An ONNX op type the model lacks is fine: one config
+    may serve many models."""
+    nodes = {n.name for g in graphs(graph) for n in g.nodes if n.name}
+    ops = {n.op for g in graphs(graph) for n in g.nodes}
+    names = nodes | {w.tensor.name for w in weights}
+    checks = [("exclude", e, names | ops) for e in config.exclude] + [("nodes", k, names) for k in config.nodes]
+    checks += [("op_types", k, ops) for k in config.op_types]
+    for where, key, known in checks:
+        if key in known or (where != "nodes" and onnx.defs.has(key)):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        what = "op type" if where == "op_types" else "node, weight or op type"
+        raise ConfigError(f"{where} entry {key!r} names no {what} of the model{hint}")
 
 
 def _report_other_constants(graph: gs.Graph, found: dict[int, Weight], report: Report) -> None:
