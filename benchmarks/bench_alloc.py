@@ -468,6 +468,32 @@ def _rep_changes(row: dict[str, Any], infos: list[LayerInfo]) -> dict[str, int]:
     return dict(sorted(Counter(moved).items()))
 
 
+def _why_not_auto(entry: dict[str, Any], avg3: list[dict[str, Any]]) -> str:
+    """Where ``bits='auto'`` (its data-free row in part (c)) departs from the statistics choice: the comparison holds
+    each layer's layout at the plan's and leaves the plan's float16 layers out, while the pass also chooses the
+    layouts (tensor, channel, float16) and gives float16 layers a width when a codebook pays."""
+    auto = next(
+        (r for e in avg3 if e["task"] == entry["task"] for r in e["rows"] if r.get("setting") == "auto avg 3.0"),
+        None,
+    )
+    stats = entry["rows"][2].get("layer_bits", {}) if len(entry["rows"]) > 2 else {}
+    if auto is None or not stats:
+        return ""
+    got = auto.get("layer_bits", {})
+    differ = [n for n in stats if got.get(n) != stats[n]]
+    halves = sum(stats[n] == 16 for n in differ)
+    moved = auto.get("representation_changes") or {}
+    parts = [f"{len(differ)} of {len(stats)} layers differ"]
+    if halves:
+        parts.append(f"{halves} of them float16 in the plan and given a codebook by `auto`")
+    if moved:
+        parts.append("`auto` moved layouts " + ", ".join(f"{k} {v}" for k, v in moved.items()))
+    return (
+        f" ({'; '.join(parts)}): the comparison holds the plan's layouts and leaves its float16 layers out of the "
+        "budget, `auto` chooses every layer's layout within the whole budget"
+    )
+
+
 def _bits_mismatch(row: dict[str, Any], infos: list[LayerInfo], bits: list[int]) -> int:
     """Layers whose width in the quantized file differs from the one asked for (0: the per-node bits took)."""
     got = row.get("layer_bits", {})
@@ -832,6 +858,7 @@ def choice_tables(data: dict[str, Any]) -> list[str]:
             notes.append(
                 f"{e['task']}: the statistics choice applied as per-node bits gives "
                 f"{'the same' if e['stats_equals_auto'] else 'NOT the same'} widths as `bits='auto'`"
+                + ("" if e["stats_equals_auto"] else _why_not_auto(e, data.get("avg3", [])))
             )
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
