@@ -362,17 +362,25 @@ def inspect_command(model: Path, bits: int | None, plot_dir: Path | None, as_jso
 
 @main.command("check")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    type=click.Path(exists=False, path_type=Path),
+    default=None,
+    help="Run on these inputs (an .npz named like the inputs, samples first, or a folder of .npz feeds; at most "
+    "8 samples) instead of random ones, whose dynamic dims get small sizes that some models refuse.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a report.")
-def check_command(model: Path, as_json: bool) -> None:
+def check_command(model: Path, data: Path | None, as_json: bool) -> None:
     """Does MODEL load and run in onnxruntime (CPU), convert to .ort, and what would NNAPI and CoreML take?
 
-    Exits non-zero (10) when it does not load, run or convert, or uses an op without a CPU kernel.
+    Exits non-zero (10) when it does not load, run or convert, or uses an op without a CPU kernel; 8 when --data
+    does not match the model's inputs.
     """
 
     def job() -> None:
         from .mobile import check_model, format_check, raise_if_failed
 
-        res = check_model(model)
+        res = check_model(model, data=data)
         click.echo(json.dumps(res.to_dict(), indent=2) if as_json else format_check(res))
         raise_if_failed(res)
 

@@ -20,6 +20,7 @@ __all__ = [
     "DYNAMIC_DIM",
     "FOLD_LIMIT",
     "MAX_FEED_ELEMENTS",
+    "NP_TYPES",
     "CannotVerifyError",
     "compare",
     "model_bytes",
@@ -28,7 +29,7 @@ __all__ = [
 
 DYNAMIC_DIM = 2
 MAX_FEED_ELEMENTS = 1 << 26  # 256 MB of float32 over all inputs: past this, random inputs are not generated
-_NP = {
+NP_TYPES = {  # onnxruntime's input type names
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
@@ -94,7 +95,7 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = D
         shapes[i.name] = [
             d if isinstance(d, int) and d > 0 else _dynamic(j, len(i.shape), dynamic_dim) for j, d in enumerate(i.shape)
         ]
-        if _NP.get(i.type) is None:
+        if NP_TYPES.get(i.type) is None:
             raise CannotVerifyError(f"input {i.name} has type {i.type}, which verification cannot generate")
     total = sum(math.prod(s) for s in shapes.values())  # Python ints: no overflow for absurd dims
     if total > MAX_FEED_ELEMENTS:
@@ -102,7 +103,7 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dynamic_dim: int = D
             f"the inputs' declared shapes hold {min(total, 10**300):.3g} elements, too many to generate"
         )
     for i in sess.get_inputs():
-        shape, dtype = shapes[i.name], _NP[i.type]
+        shape, dtype = shapes[i.name], NP_TYPES[i.type]
         if np.issubdtype(dtype, np.floating):
             feeds[i.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:

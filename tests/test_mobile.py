@@ -139,3 +139,44 @@ def test_check_failure_from_the_command_line(conv_model, tmp_path):
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("onnx-statq: error: check failed: no onnxruntime CPU kernel for")
     assert "Traceback" not in res.stderr
+
+
+def _framed_model(path) -> None:
+    """Frames of 64 samples from a [batch, samples] input: random inputs (dynamic dims of 2 and 16) cannot reshape,
+    as silero VAD's reflect padding refuses them; 64 real samples can."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 64])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y], [shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_check_runs_on_given_data_where_random_inputs_fail(tmp_path):
+    src, data = tmp_path / "framed.onnx", tmp_path / "frames.npz"
+    _framed_model(src)
+    np.savez(data, x=np.ones((3, 64), np.float32))  # 3 frames of 64 samples, one feed
+    on_random = check_model(src)
+    assert on_random.loads and not on_random.runs
+    assert any("--data DATA" in p and "random inputs" in p for p in on_random.problems)
+    on_data = check_model(src, data=data)
+    assert on_data.ok and on_data.runs and on_data.inputs == {"x": [3, 64]}
+    assert on_data.to_dict()["cpu"]["inputs_from"] == str(data)
+    res = invoke("check", str(src), "--data", str(data))
+    assert res.exit_code == 0 and f"loads and runs on {data} (x 3x64)" in res.output, res.output
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "onnx_statq.cli", "check", str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 10 and "loads, but fails on random inputs" in res.stdout
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # onnxruntime's own error log stays quiet
+
+
+def test_check_data_that_does_not_match_is_a_calibration_error(tmp_path):
+    src, data = tmp_path / "framed.onnx", tmp_path / "wrong.npz"
+    _framed_model(src)
+    np.savez(data, frames=np.ones((2, 64), np.float32))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "onnx_statq.cli", "check", str(src), "--data", str(data)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 8, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "missing inputs ['x']" in err[0] and "Traceback" not in res.stderr

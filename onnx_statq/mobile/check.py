@@ -19,6 +19,7 @@ import onnx
 
 from ..errors import CheckFailedError, OutputError, first_line
 from ..io import load_model, zipped_size
+from .cpu_run import RANDOM, run_cpu
 from .ort_format import (
     CONFIG_SUFFIX,
     ORT_SUFFIX,
@@ -85,6 +86,7 @@ class CheckResult:
     runs: bool = False
     run_error: str | None = None
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    inputs_from: str = RANDOM  # what the run used: random inputs, or the --data given
     ops: list[OpUse] = field(default_factory=list)
     ort_format: dict[str, Any] = field(default_factory=dict)  # ok, bytes, zipped_bytes, required_operators, error
     eps: list[EPCoverage] = field(default_factory=list)
@@ -103,7 +105,9 @@ class CheckResult:
         if not self.loads:
             out.append(f"onnxruntime cannot load it: {self.load_error}")
         elif not self.runs:
-            out.append(f"onnxruntime cannot run it on random inputs: {self.run_error}")
+            hint = " (random inputs give dynamic dims small sizes; --data DATA runs it on yours)"
+            where = self.inputs_from + (hint if self.inputs_from == RANDOM else "")
+            out.append(f"onnxruntime cannot run it on {where}: {self.run_error}")
         if not self.ort_format.get("ok"):
             out.append("it does not convert to ORT format")
         return out
@@ -125,6 +129,7 @@ class CheckResult:
                 "runs": self.runs,
                 "run_error": self.run_error,
                 "inputs": self.inputs,
+                "inputs_from": self.inputs_from,
                 "missing_kernels": self.missing_kernels,
             },
             "ops": [asdict(o) for o in self.ops],
@@ -196,27 +201,10 @@ def _op_uses(counts: dict[tuple[str, str, int], int | None], local: set[tuple[st
     return out
 
 
-def _run_cpu(path: Path, result: CheckResult) -> None:
-    import onnxruntime as ort
-
-    from ..verify import random_feeds
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        result.load_error = first_line(exc, 300)
-        return
-    result.loads = True
-    try:
-        feeds = random_feeds(sess)
-        result.inputs = {k: list(v.shape) for k, v in feeds.items()}
-        sess.run(None, feeds)
-    except Exception as exc:
-        result.run_error = first_line(exc, 300)
-        return
-    result.runs = True
+def _run_cpu(path: Path, result: CheckResult, data: Any) -> None:
+    run = run_cpu(path, data)
+    result.loads, result.load_error, result.runs, result.run_error = run.loads, run.load_error, run.runs, run.run_error
+    result.inputs, result.inputs_from = run.inputs, run.inputs_from
 
 
 def _ort_format(path: Path, tmp: Path) -> dict[str, Any]:
@@ -287,15 +275,19 @@ def _basic_optimized(path: Path, tmp: Path) -> onnx.ModelProto | None:
         return None
 
 
-def check_model(path: str | os.PathLike[str], progress: Callable[[str], None] | None = None) -> CheckResult:
-    """Load, run on random inputs and convert ``path`` in onnxruntime; list its ops with CPU, NNAPI and CoreML
-    support. Raises only for a file that is neither ONNX nor ORT format; every other problem is in the result.
+def check_model(
+    path: str | os.PathLike[str], progress: Callable[[str], None] | None = None, data: Any = None
+) -> CheckResult:
+    """Load, run and convert ``path`` in onnxruntime; list its ops with CPU, NNAPI and CoreML support. It runs on
+    ``data`` (an .npz, a folder of .npz feeds or input dicts, as ``--calib`` takes) or on random inputs. Raises only
+    for a file that is neither ONNX nor ORT format, or data that does not match its inputs; every other problem is
+    in the result.
 
     An .ort file is checked too (loads, runs, its operators); the NNAPI / CoreML estimate needs the ONNX model.
     """
     p = Path(path)
     if p.is_file() and is_ort_format(p):
-        return _check_ort(p, progress)
+        return _check_ort(p, progress, data)
     model = load_model(p)
     result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
 
@@ -313,7 +305,7 @@ def check_model(path: str | os.PathLike[str], progress: Callable[[str], None] | 
     local = {(f.domain, f.name) for f in model.functions}
     result.ops = _op_uses({(d, op, opsets.get(d, 0)): n for (d, op), n in counts.items()}, local)
     step("onnxruntime CPU")
-    _run_cpu(p, result)
+    _run_cpu(p, result, data)
     if result.loads:  # every node found a kernel: whatever the registry lookup missed is resolved by onnxruntime
         result.ops = [replace(o, cpu="resolved at load") if o.cpu == "missing" else o for o in result.ops]
     with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
@@ -329,7 +321,7 @@ def check_model(path: str | os.PathLike[str], progress: Callable[[str], None] | 
     return result
 
 
-def _check_ort(p: Path, progress: Callable[[str], None] | None) -> CheckResult:
+def _check_ort(p: Path, progress: Callable[[str], None] | None, data: Any) -> CheckResult:
     result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
     with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
         cfg = Path(tmp) / ("model" + CONFIG_SUFFIX)
@@ -342,7 +334,7 @@ def _check_ort(p: Path, progress: Callable[[str], None] | None) -> CheckResult:
     result.ops = _op_uses({(d, op, v): None for d, v, ops in lines for op in ops}, set())
     if progress:
         progress("onnxruntime CPU")
-    _run_cpu(p, result)
+    _run_cpu(p, result, data)
     if lines:
         result.ort_format = {
             "ok": True,

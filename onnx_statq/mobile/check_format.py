@@ -14,10 +14,10 @@ def format_check(res: CheckResult) -> str:
     """The human-readable check report."""
     lines = [f"model: {res.model} ({res.file_bytes / 1024:.1f} KB)"]
     if res.loads and res.runs:
-        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in res.inputs.items())
-        lines.append(f"onnxruntime CPU: loads and runs on random inputs ({shapes})")
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in res.inputs.items())
+        lines.append(f"onnxruntime CPU: loads and runs on {res.inputs_from} ({shapes})")
     elif res.loads:
-        lines.append(f"onnxruntime CPU: loads, but fails on random inputs: {res.run_error}")
+        lines.append(f"onnxruntime CPU: loads, but fails on {res.inputs_from}: {res.run_error}")
     else:
         lines.append(f"onnxruntime CPU: does not load: {res.load_error}")
     rows: list[tuple[str, ...]] = [("domain:op", "opset", "nodes", "CPU", "NNAPI", "CoreML NN", "CoreML MLProgram")]
