@@ -73,6 +73,8 @@ def format_summary(report: Report) -> str:
         )
     if report.verify.get("skipped"):
         lines.append(f"verify: skipped: {report.verify['skipped']}")
+        if report.verify.get("random"):  # random inputs failed or could not be made; the user's may well work
+            lines.append("verify: note: --verify-data DATA runs the check on your inputs")
     elif report.verify:
         lines += _verify_lines(report.verify)
     return "\n".join(lines)

@@ -115,3 +115,12 @@ def test_summary_points_to_verify_data_only_when_random_inputs_read_low():
     assert not any("--verify-data" in s for s in lines("random", LOW_RANDOM_SQNR_DB + 1))
     assert not any("--verify-data" in s for s in lines("data", 1.0))
     assert "on 8 samples of d.npz: 1.0 dB" in lines("data", 1.0)[0]
+
+
+def test_random_inputs_the_float_model_refuses_point_to_verify_data(tmp_path, dynamic_model):
+    """Random inputs give the symbolic width 16, which the 64-row weight refuses: the check is skipped, not failed,
+    and the summary says how to run it on real inputs."""
+    res = cli(str(dynamic_model), "-o", str(tmp_path / "q.onnx"), "--min-size", "100")
+    assert res.returncode == 0, res.stderr
+    assert "verify: skipped: the float model fails on generated inputs (dynamic dims get small sizes)" in res.stdout
+    assert "verify: note: --verify-data DATA runs the check on your inputs" in res.stdout
