@@ -24,6 +24,7 @@ from .graph.allocation import Layer, layer_curve
 from .graph.pass_ import StatqPass, import_graph, unchanged_reason
 from .io import load_model
 from .report import Report, SkipRecord, sqnr_db
+from .summary import short_name
 
 __all__ = ["Inspection", "TensorStats", "format_table", "inspect_model", "plot_tensor"]
 
@@ -189,7 +190,7 @@ def format_table(ins: Inspection) -> str:
     rows = [head]
     for t in ins.tensors:
         row = [
-            t.name[:48],
+            short_name(t.name),
             t.op,
             "x".join(map(str, t.shape)),
             f"{t.mean:+.2e}",
@@ -216,8 +217,8 @@ def format_table(ins: Inspection) -> str:
     lines.append("rel.err: measured; pred.err: predicted from a sketch of the weights, as the bit allocation predicts")
     if ins.skipped:
         lines.append(f"skipped ({len(ins.skipped)}):")
-        w = max(len(s.name[:48]) for s in ins.skipped)
-        lines += [f"  {s.name[:48].ljust(w)}  {s.size:>9}  {s.reason}" for s in ins.skipped]
+        w = max(len(short_name(s.name)) for s in ins.skipped)
+        lines += [f"  {short_name(s.name).ljust(w)}  {s.size:>9}  {s.reason}" for s in ins.skipped]
     plots = [t.plot for t in ins.tensors if t.plot]
     if plots:
         lines.append(f"plots: {len(plots)} PNG files in {Path(plots[0]).parent}")

@@ -11,9 +11,10 @@ from typing import Any
 from .plan import RECOMMENDED_SAMPLES
 from .report import Report
 
-__all__ = ["LOW_RANDOM_SQNR_DB", "format_summary"]
+__all__ = ["LOW_RANDOM_SQNR_DB", "NAME_WIDTH", "format_summary", "short_name"]
 
 LOW_RANDOM_SQNR_DB = 20.0  # below this on random inputs, the summary suggests --verify-data
+NAME_WIDTH = 48  # the layer column; longer names are cut in the middle
 
 
 def _fmt_bytes(n: float) -> str:
@@ -24,13 +25,23 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def short_name(name: str, width: int = NAME_WIDTH) -> str:
+    """A long name cut in the middle: exported names share long prefixes (``If_0_then_branch__Inline_0__...``) and
+    differ at the end, and a cut that looks whole would be copied into ``--exclude`` as it is (the JSON report and
+    ``--exclude``'s error, which lists the nearest names, carry them whole)."""
+    if len(name) <= width:
+        return name
+    head = (width - 3) // 2
+    return f"{name[:head]}...{name[len(name) - (width - 3 - head) :]}"
+
+
 def format_summary(report: Report) -> str:
     """The table of quantized layers and the totals lines, as the CLI prints them unless --json or --quiet."""
     rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "predicted", "SQNR dB")]
     for r in report.layers:
         rows.append(
             (
-                r.name[:48],
+                short_name(r.name),
                 r.op,
                 "x".join(map(str, r.shape)),
                 r.representation,

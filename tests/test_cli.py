@@ -188,3 +188,14 @@ def test_quantized_digits_matches_float_predictions(tmp_path):
         s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         preds.append(s.run(None, {"input": data["x"]})[0].argmax(1))
     assert np.mean(preds[0] == preds[1]) > 0.97
+
+
+def test_long_names_are_cut_in_the_middle_where_the_table_shows_them():
+    from onnx_statq.summary import NAME_WIDTH, short_name
+
+    name = "If_0_then_branch__Inline_0__encoder.0.reparam_conv.weight"
+    cut = short_name(name)
+    assert len(cut) == NAME_WIDTH and "..." in cut
+    assert name.startswith(cut.split("...")[0]) and name.endswith(cut.split("...")[1])
+    assert cut.endswith("reparam_conv.weight")  # the end, where exported names differ, is kept
+    assert short_name("conv1.weight") == "conv1.weight"
