@@ -137,12 +137,13 @@ def calibrate(
     # layer that reads it (on MiniLM, all MatMul, it never runs: no float segments, one Gram product instead of three)
     readers = [p.node_index for p in plans if _reads_float(p, mode, compensation)]
     fb_s = [0.0]
+    opts = _Options(mode, refit_levels, bias_correction, compensation, error_feedback, few)
     with StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, max(readers, default=0), jobs) as ex:
 
         def refine(plan: LayerPlan) -> LayerOutcome:
-            return _calibrate_one(
-                ex, plan, mode, refit_levels, bias_correction, compensation, error_feedback, fb_s, masks, few
-            )
+            outcome, feedback_s = _calibrate_one(ex, plan, opts, masks)
+            fb_s[0] += feedback_s
+            return outcome
 
         t_run, t_fit = _walk(ex, plans, refine, summary, progress)
         t0 = time.perf_counter()
@@ -193,31 +194,36 @@ def _reads_float(plan: LayerPlan, mode: CalibrationMode, compensation: float | N
     return mode == CalibrationMode.INDEPENDENT or compensation_for(plan.op, compensation) != 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """What :func:`calibrate` was asked for, the same for every layer."""
+
+    mode: CalibrationMode
+    refit_levels: bool
+    bias_correction: bool
+    compensation: float | None
+    error_feedback: bool
+    few: bool  # fewer than RECOMMENDED_SAMPLES: refits from fewer rows than inputs go as far as held-out rows say
+
+
 def _calibrate_one(
-    ex: StreamExecutor,
-    plan: LayerPlan,
-    mode: CalibrationMode,
-    refit_levels: bool,
-    bias_correction: bool,
-    compensation: float | None,
-    error_feedback: bool,
-    fb_s: list[float],
-    masks: list[np.ndarray | None],
-    few: bool,
-) -> LayerOutcome:
+    ex: StreamExecutor, plan: LayerPlan, opts: _Options, masks: list[np.ndarray | None]
+) -> tuple[LayerOutcome, float]:
+    """One layer's refit on the streams as they stand; with the seconds its error-feedback assignment took."""
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
-        return LayerOutcome(plan.encoded, note=f"data-free: {why}")
+        return LayerOutcome(plan.encoded, note=f"data-free: {why}"), 0.0
     geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
-    feedback = error_feedback and plan.op in FEEDBACK_OPS
+    feedback = opts.error_feedback and plan.op in FEEDBACK_OPS
     # a held-out half decides whether the feedback assignment generalises, and with few samples how far a refit
     # from fewer rows than inputs goes (refit.refit_layer's held_out_levels)
-    stats = GramStats(split=feedback or few)
-    if mode == CalibrationMode.INDEPENDENT:
+    stats = GramStats(split=feedback or opts.few)
+    if opts.mode == CalibrationMode.INDEPENDENT:
         xq_all = xf_all = ex.inputs(plan.input_name, quant=False)
     else:
         xq_all = ex.inputs(plan.input_name, quant=True)
-        xf_all = ex.inputs(plan.input_name, quant=False) if _reads_float(plan, mode, compensation) else xq_all
+        reads_float = _reads_float(plan, opts.mode, opts.compensation)
+        xf_all = ex.inputs(plan.input_name, quant=False) if reads_float else xq_all
     if plan.op != "MatMul":  # only a MatMul's rows are positions of a [batch, sequence] input
         masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
@@ -225,12 +231,12 @@ def _calibrate_one(
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
         pf = patches(geo, real_rows(xf, mask), cap)
         stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap, only)
-    lam = compensation_for(plan.op, compensation)
-    result = refit_layer(plan.encoded, plan.values, geo, stats, refit_levels, lam, feedback, few)
-    fb_s[0] += result.feedback_s
-    if not bias_correction or plan.op not in BIAS_OPS:
+    lam = compensation_for(plan.op, opts.compensation)
+    result = refit_layer(plan.encoded, plan.values, geo, stats, opts.refit_levels, lam, feedback, opts.few)
+    if not opts.bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)
     note = "refitted" if result.refitted else "bias only"
-    return LayerOutcome(
+    outcome = LayerOutcome(
         result.encoded, result.bias_delta, result.output_sqnr_before_db, result.output_sqnr_after_db, note
     )
+    return outcome, result.feedback_s
