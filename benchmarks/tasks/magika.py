@@ -52,6 +52,7 @@ MIN_EVAL_PER_CLASS = 8
 INPUT_NAME = "bytes"
 BATCH = 64  # larger batches were slower on 2 cores
 CALIB_BATCH = 8
+CALIB_SEED = 0  # calibration_feeds' seed that takes the first n samples: the draw bench_calibration uses
 
 # magika label -> extensions (lower case, without the dot) whose files carry that label.
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -244,7 +245,12 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     }
 
 
-def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
-    """Up to ``n`` files of the calibration split (disjoint files and contents), ``CALIB_BATCH`` per feed."""
-    x = dataset()["calib_x"][:n]
+def calibration_feeds(n: int, seed: int = CALIB_SEED) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` files of the calibration split (disjoint files and contents), ``CALIB_BATCH`` per feed: the first
+    ``n`` (``CALIB_SEED``, the benchmark's draw), or with another seed (``bench_draws``) ``n`` drawn from the whole
+    split."""
+    x = dataset()["calib_x"]
+    if seed != CALIB_SEED:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False))]
+    x = x[:n]
     return [{INPUT_NAME: x[i : i + CALIB_BATCH]} for i in range(0, len(x), CALIB_BATCH)]

@@ -31,6 +31,7 @@ from . import _common
 
 BATCH = 32
 CALIB_BATCH = 8
+CALIB_SEED = 0  # calibration_feeds' seed that takes the first n samples: the draw bench_calibration uses
 
 
 def default_model_path() -> Path:
@@ -88,8 +89,13 @@ def evaluate(model_path: str, limit: int | None = None) -> dict:
     }
 
 
-def calibration_feeds(n: int) -> list[dict[str, np.ndarray]]:
-    """Return the first ``n`` calibration sentences, ``CALIB_BATCH`` per feed, trimmed to the longest mask."""
+def calibration_feeds(n: int, seed: int = CALIB_SEED) -> list[dict[str, np.ndarray]]:
+    """Return the first ``n`` calibration sentences (``CALIB_SEED``, the benchmark's draw), or with another seed
+    (``bench_draws``) ``n`` drawn from all of them, ``CALIB_BATCH`` per feed, trimmed to the longest mask."""
     with np.load(_data_path("calib.npz")) as data:
-        ids, mask = data["input_ids"][:n], data["attention_mask"][:n]
+        ids, mask = data["input_ids"], data["attention_mask"]
+    if seed != CALIB_SEED:
+        pick = np.sort(np.random.default_rng(seed).choice(len(ids), min(n, len(ids)), replace=False))
+        ids, mask = ids[pick], mask[pick]
+    ids, mask = ids[:n], mask[:n]
     return [_feed(ids[i : i + CALIB_BATCH], mask[i : i + CALIB_BATCH]) for i in range(0, len(ids), CALIB_BATCH)]
