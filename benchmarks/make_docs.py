@@ -58,6 +58,11 @@ RUNS: dict[str, list[str]] = {
         *("--bits", "4,3", "--compensations", "", "--out", "calibration_8"),
     ],
     "draws": ["bench_draws"],
+    "draws_large": [
+        "bench_draws",
+        *("--tasks", "magika,ppocr_rec,minilm", "--samples", "32", "--bits", "4,3"),
+        *("--modes", "sequential,independent", "--out", "draws_large"),
+    ],
     "alloc": ["bench_alloc"],
     "peers": ["bench_peers"],
 }
@@ -320,6 +325,11 @@ def build() -> None:
     parts += verbatim(
         "draws",
         "Calibration draws: the small models' calibrated rows on five draws of their calibration data",
+    )
+    parts += verbatim(
+        "draws_large",
+        "Calibration draws on magika, PP-OCRv6 recognition and MiniLM: both calibrated modes on five draws of 32 "
+        "samples",
     )
     parts += alloc_section(_load(ALLOC))
     if peers is not None:
