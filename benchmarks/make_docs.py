@@ -58,6 +58,11 @@ RUNS: dict[str, list[str]] = {
         *("--bits", "4,3", "--compensations", "", "--out", "calibration_8"),
     ],
     "draws": ["bench_draws"],
+    "draws_modes": [
+        "bench_draws",
+        *("--tasks", "silero_vad,ppocr_cls", "--samples", "32", "--bits", "4,3"),
+        *("--modes", "sequential,independent", "--out", "draws_modes"),
+    ],
     "draws_large": [
         "bench_draws",
         *("--tasks", "magika,ppocr_rec,minilm", "--samples", "32", "--bits", "4,3"),
@@ -325,6 +330,10 @@ def build() -> None:
     parts += verbatim(
         "draws",
         "Calibration draws: the small models' calibrated rows on five draws of their calibration data",
+    )
+    parts += verbatim(
+        "draws_modes",
+        "Calibration draws on the small models, both calibrated modes: five draws of 32 samples",
     )
     parts += verbatim(
         "draws_large",
