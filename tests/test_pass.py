@@ -146,6 +146,8 @@ def test_exclude_and_node_settings_take_weight_names(conv_model):
         ({"exclude": ["conv"]}, "'Conv'"),
         ({"nodes": {"w9": {"bits": 8}}}, "nodes entry 'w9' names no node"),
         ({"nodes": {"MatMul": {"bits": 8}}}, "nodes entry 'MatMul'"),  # an op type belongs in op_types
+        ({"exclude": ["b1"]}, "exclude entry 'b1' names a tensor no node reads as a weight (a bias"),
+        ({"nodes": {"r1": {"bits": 8}}}, "nodes entry 'r1' names a tensor no node reads as a weight"),
         ({"op_types": {"conv": {"bits": 8}}}, "op_types entry 'conv' names no op type of the model (did you mean"),
     ],
 )

@@ -111,9 +111,15 @@ def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> 
     names = nodes | {w.tensor.name for w in weights}
     checks = [("exclude", e, names | ops) for e in config.exclude] + [("nodes", k, names) for k in config.nodes]
     checks += [("op_types", k, ops) for k in config.op_types]
+    tensors = {name for g in graphs(graph) for name in g.tensors()}
     for where, key, known in checks:
         if key in known or (where != "nodes" and onnx.defs.has(key)):
             continue
+        if key in tensors and where != "op_types":
+            raise ConfigError(
+                f"{where} entry {key!r} names a tensor no node reads as a weight (a bias, normalisation parameter or "
+                "activation), which the pass leaves as it is anyway"
+            )
         close = difflib.get_close_matches(key, sorted(known), n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         what = "op type" if where == "op_types" else "node, weight or op type"
