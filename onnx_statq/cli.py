@@ -33,6 +33,7 @@ EXAMPLES = """
 Examples:
   onnx-statq model.onnx -o model_q.onnx
   onnx-statq model.onnx -o model_q.onnx --bits 3 --exclude head/MatMul
+  onnx-statq model.onnx -o model_q.onnx --exclude '*embeddings*'
   onnx-statq model.onnx -o model_q.onnx --method kmeans --granularity channel --report report.json
   onnx-statq model.onnx -o model_q.onnx --config statq.toml --json
   onnx-statq model.onnx -o model_q.onnx --bits 3 --calib calib.npz --calib-samples 32
@@ -111,7 +112,8 @@ def main() -> None:
 @click.option(
     "--exclude",
     multiple=True,
-    help="Node name, weight name (the table's) or op type to leave in float (repeatable).",
+    help="Node name, weight name (the table's), op type or glob pattern ('*attention*') to leave in float "
+    "(repeatable).",
 )
 @click.option(
     "--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]"

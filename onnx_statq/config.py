@@ -7,6 +7,7 @@ can lift one sensitive layer to 8 bits without restating everything else.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import json
 import tomllib
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from .codebook.allocate import LO_BITS
 from .errors import ConfigError
 from .workers import default_jobs
 
-__all__ = ["Allocation", "Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved"]
+__all__ = ["Allocation", "Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved", "excludes", "is_pattern"]
 
 
 class Allocation(enum.StrEnum):
@@ -139,7 +140,7 @@ class QuantConfig:
         """Settings for one consumer node: node name, then weight name, then op type, then the global values."""
         chain = self.overrides(node_name, op_type, weight_name)
         named = {node_name, weight_name, op_type} - {""}
-        skip = any(e in named for e in self.exclude) or any(s.skip for s in chain)
+        skip = any(excludes(e, named) for e in self.exclude) or any(s.skip for s in chain)
         return Resolved(
             bits=next((s.bits for s in chain if s.bits is not None), self.bits),
             method=next((s.method for s in chain if s.method is not None), self.method),
@@ -212,6 +213,19 @@ class QuantConfig:
                 f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
             ) from None
         return cls.from_dict(data)
+
+
+def is_pattern(entry: str) -> bool:
+    """Whether an ``exclude`` entry is a glob pattern (``*``, ``?``, ``[``) rather than a name."""
+    return any(c in entry for c in "*?[")
+
+
+def excludes(entry: str, names: set[str]) -> bool:
+    """Whether ``entry`` (a name, an op type or a case-sensitive glob pattern, ``*`` crossing ``/``) matches one of
+    ``names``: patterns let one entry keep float, say, every attention output projection of a transformer."""
+    if is_pattern(entry):
+        return any(fnmatch.fnmatchcase(n, entry) for n in names)
+    return entry in names
 
 
 def _check_bits(bits: Any) -> None:

@@ -139,6 +139,19 @@ def test_exclude_and_node_settings_take_weight_names(conv_model):
     assert bits["w1"] == 6 and bits["w2"] == 3
 
 
+@pytest.mark.parametrize("pattern", ["w*", "conv?", "*[12]"])
+def test_exclude_takes_glob_patterns(conv_model, pattern):
+    # by weight name (w1, w2) or node name (conv1, conv2): both convolutions stay float, nothing else does
+    r = StatqPass(QuantConfig(exclude=(pattern,), min_size=100))(conv_model()).report
+    assert {layer.name for layer in r.layers} == {"fc", "head"}
+    assert {s.name for s in r.skipped if "excluded" in s.reason} == {"w1", "w2"}
+
+
+def test_an_exclude_pattern_that_matches_nothing_is_a_config_error(conv_model):
+    with pytest.raises(ConfigError, match=re.escape("exclude pattern '*attention*' matches no node, weight or op")):
+        StatqPass(QuantConfig(exclude=("*attention*",)))(conv_model())
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..config import QuantConfig, Resolved
+from ..config import QuantConfig, Resolved, excludes, is_pattern
 from ..errors import ConfigError
 from ..lazy import deferred_values_of, values_of
 from ..report import Report, SkipRecord
@@ -114,6 +114,10 @@ def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> 
     tensors = {name for g in graphs(graph) for name in g.tensors()}
     for where, key, known in checks:
         if key in known or (where != "nodes" and onnx.defs.has(key)):
+            continue
+        if where == "exclude" and is_pattern(key):
+            if not excludes(key, known):
+                raise ConfigError(f"exclude pattern {key!r} matches no node, weight or op type of the model")
             continue
         if key in tensors and where != "op_types":
             raise ConfigError(
