@@ -222,10 +222,11 @@ def is_pattern(entry: str) -> bool:
 
 def excludes(entry: str, names: set[str]) -> bool:
     """Whether ``entry`` (a name, an op type or a case-sensitive glob pattern, ``*`` crossing ``/``) matches one of
-    ``names``: patterns let one entry keep float, say, every attention output projection of a transformer."""
-    if is_pattern(entry):
-        return any(fnmatch.fnmatchcase(n, entry) for n in names)
-    return entry in names
+    ``names``: patterns let one entry keep float, say, every attention output projection of a transformer. A name
+    is matched as it is first (``layer[0].weight`` is a name before it is a pattern)."""
+    if entry in names:
+        return True
+    return is_pattern(entry) and any(fnmatch.fnmatchcase(n, entry) for n in names)
 
 
 def _check_bits(bits: Any) -> None:

@@ -147,6 +147,20 @@ def test_exclude_takes_glob_patterns(conv_model, pattern):
     assert {s.name for s in r.skipped if "excluded" in s.reason} == {"w1", "w2"}
 
 
+def test_a_name_with_pattern_characters_is_matched_as_a_name_first(make_model):
+    rng = np.random.default_rng(0)
+    ws = {f"fc[{i}].weight": rng.standard_normal((64, 64)).astype(np.float32) for i in range(2)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])
+    nodes = [
+        helper.make_node("MatMul", ["x", "fc[0].weight"], ["h"]),
+        helper.make_node("MatMul", ["h", "fc[1].weight"], ["y"]),
+    ]
+    r = StatqPass(QuantConfig(exclude=("fc[0].weight",), min_size=100))(make_model(nodes, [x], [y], ws)).report
+    assert {layer.name for layer in r.layers} == {"fc[1].weight"}
+    assert {s.name for s in r.skipped if "excluded" in s.reason} == {"fc[0].weight"}
+
+
 def test_an_exclude_pattern_that_matches_nothing_is_a_config_error(conv_model):
     with pytest.raises(ConfigError, match=re.escape("exclude pattern '*attention*' matches no node, weight or op")):
         StatqPass(QuantConfig(exclude=("*attention*",)))(conv_model())
