@@ -102,10 +102,11 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
 
 
 def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> None:
-    """Refuse an ``exclude`` entry or a ``nodes`` or ``op_types`` key that names nothing in the model: a typo would
-    otherwise quantize the layer it meant to protect, silently (``exclude`` took only node names before, so a
-    weight name copied from the report's table did nothing). An ONNX op type the model lacks is fine: one config
-    may serve many models."""
+    """Refuse an ``exclude`` entry or a ``nodes`` or ``op_types`` key that names nothing in the model, an
+    ``exclude`` pattern that matches nothing, or a name of a tensor no node reads as a weight: each would otherwise
+    leave the layer it meant to protect quantized, silently (``exclude`` took only node names before, so a weight
+    name copied from the report's table did nothing). An ONNX op type the model lacks is fine: one config may
+    serve many models."""
     nodes = {n.name for g in graphs(graph) for n in g.nodes if n.name}
     ops = {n.op for g in graphs(graph) for n in g.nodes}
     names = nodes | {w.tensor.name for w in weights}

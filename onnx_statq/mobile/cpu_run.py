@@ -33,10 +33,6 @@ class CpuRun:
     inputs: dict[str, list[int]] = field(default_factory=dict)  # the first feed's shapes
     inputs_from: str = RANDOM  # "random inputs", or the data the run used
 
-    @property
-    def on_random(self) -> bool:
-        return self.inputs_from == RANDOM
-
 
 def run_cpu(path: Path, data: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | None = None) -> CpuRun:
     """Load ``path`` in onnxruntime's CPU provider and run it on ``data`` (an .npz, a folder of .npz feeds or input
