@@ -348,15 +348,34 @@ def _run(job: Any) -> None:
     default=None,
     help="Write one PNG per quantized weight (histogram and codebook levels) here; needs onnx-statq[plot].",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A .toml or .json config whose choices to show (its exclude, nodes, op_types, bits...).",
+)
+@click.option("--exclude", multiple=True, help="As for quantizing: left float, and listed with the skips.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect_command(model: Path, bits: int | None, plot_dir: Path | None, as_json: bool) -> None:
-    """Per-weight statistics and what the default pass would choose for each weight, without writing a model."""
+def inspect_command(
+    model: Path,
+    bits: int | None,
+    plot_dir: Path | None,
+    config_file: Path | None,
+    exclude: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Per-weight statistics and what the pass would choose for each weight (by default, or with --config and
+    --exclude as a quantization would take them), without writing a model."""
 
     def job() -> None:
         from .inspect import format_table, inspect_model
 
-        config = QuantConfig() if bits is None else QuantConfig(bits=bits)
-        ins = inspect_model(model, config, plot_dir=plot_dir)
+        config = QuantConfig.from_file(config_file) if config_file is not None else QuantConfig()
+        changes: dict[str, Any] = {} if bits is None else {"bits": bits}
+        if exclude:
+            changes["exclude"] = (*config.exclude, *exclude)
+        ins = inspect_model(model, config.with_options(**changes) if changes else config, plot_dir=plot_dir)
         click.echo(json.dumps(ins.to_dict(), indent=2) if as_json else format_table(ins))
 
     _run(job)

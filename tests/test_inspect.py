@@ -86,6 +86,20 @@ def test_choices_are_the_pass_choices(conv_model):
         assert sorted(s.name for s in ins.skipped) == sorted(s.name for s in report.skipped)
 
 
+def test_cli_shows_a_config_and_excludes_as_a_quantization_takes_them(conv_model, tmp_path):
+    src, cfg = tmp_path / "m.onnx", tmp_path / "c.toml"
+    onnx.save(conv_model(), src)
+    cfg.write_text('min_size = 100\ngranularity = "tensor"\nallocation = "fixed"\n[nodes.w1]\nbits = 6\n')
+    res = CliRunner().invoke(main, ["inspect", str(src), "--config", str(cfg), "--exclude", "head", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    bits = {t["name"]: t["bits"] for t in data["tensors"]}
+    assert bits == {"w1": 6, "w2": 4, "fc": 4}  # the config's per-weight width, head left float
+    assert any(s["name"] == "head" and "excluded" in s["reason"] for s in data["skipped"])
+    res = CliRunner().invoke(main, ["inspect", str(src), "--exclude", "haed"])
+    assert res.exit_code == 2 and "did you mean 'head'" in res.output
+
+
 def test_plot_writes_one_png_per_quantized_tensor(conv_model, tmp_path):
     pytest.importorskip("matplotlib")
     src = tmp_path / "m.onnx"
