@@ -63,6 +63,11 @@ RUNS: dict[str, list[str]] = {
         *("--tasks", "silero_vad,ppocr_cls", "--samples", "32", "--bits", "4,3"),
         *("--modes", "sequential,independent", "--out", "draws_modes"),
     ],
+    "draws_2bit": [
+        "bench_draws",
+        *("--tasks", "silero_vad,ppocr_cls,magika,minilm", "--samples", "32", "--bits", "2"),
+        *("--modes", "sequential,independent", "--out", "draws_2bit"),
+    ],
     "draws_large": [
         "bench_draws",
         *("--tasks", "magika,ppocr_rec,minilm", "--samples", "32", "--bits", "4,3"),
@@ -334,6 +339,10 @@ def build() -> None:
     parts += verbatim(
         "draws_modes",
         "Calibration draws on the small models, both calibrated modes: five draws of 32 samples",
+    )
+    parts += verbatim(
+        "draws_2bit",
+        "Calibration draws at 2 bits: both calibrated modes on five draws of 32 samples",
     )
     parts += verbatim(
         "draws_large",
