@@ -43,6 +43,16 @@ Examples:
 """
 
 
+# quantize and inspect read the same config files (inspect shows the choices quantize would make with them)
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A .toml or .json config (per-node and per-op-type settings); flags override it.",
+)
+
+
 class _Bits(click.ParamType):
     """An integer width from 1 to 8, or 'auto'."""
 
@@ -118,13 +128,7 @@ def main() -> None:
 @click.option(
     "--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]"
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A .toml or .json config (per-node and per-op-type settings); flags override it.",
-)
+@CONFIG_OPTION
 @click.option(
     "--allocation",
     type=click.Choice(["auto", "fixed"]),
@@ -231,7 +235,8 @@ def quantize(**opts: Any) -> None:
 
 
 def _config(opts: dict[str, Any]) -> QuantConfig:
-    config = QuantConfig.from_file(opts["config_file"]) if opts["config_file"] else QuantConfig()
+    """The config file's settings (or the defaults) with the flags given on top; ``inspect`` passes only some."""
+    config = QuantConfig.from_file(opts["config_file"]) if opts.get("config_file") else QuantConfig()
     keys = (
         "bits",
         "method",
@@ -244,10 +249,10 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
         "sensitivity",
         "jobs",
     )
-    overrides: dict[str, Any] = {k: opts[k] for k in keys if opts[k] is not None}
+    overrides: dict[str, Any] = {k: opts[k] for k in keys if opts.get(k) is not None}
     if isinstance(overrides.get("bits"), int):
         overrides["auto_bits"] = False
-    if opts["exclude"]:
+    if opts.get("exclude"):
         overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])
     return config.with_options(**overrides)
 
@@ -348,13 +353,7 @@ def _run(job: Any) -> None:
     default=None,
     help="Write one PNG per quantized weight (histogram and codebook levels) here; needs onnx-statq[plot].",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A .toml or .json config whose choices to show (its exclude, nodes, op_types, bits...).",
-)
+@CONFIG_OPTION
 @click.option("--exclude", multiple=True, help="As for quantizing: left float, and listed with the skips.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_command(
@@ -371,11 +370,8 @@ def inspect_command(
     def job() -> None:
         from .inspect import format_table, inspect_model
 
-        config = QuantConfig.from_file(config_file) if config_file is not None else QuantConfig()
-        changes: dict[str, Any] = {} if bits is None else {"bits": bits}
-        if exclude:
-            changes["exclude"] = (*config.exclude, *exclude)
-        ins = inspect_model(model, config.with_options(**changes) if changes else config, plot_dir=plot_dir)
+        config = _config({"config_file": config_file, "bits": bits, "exclude": exclude})
+        ins = inspect_model(model, config, plot_dir=plot_dir)
         click.echo(json.dumps(ins.to_dict(), indent=2) if as_json else format_table(ins))
 
     _run(job)
