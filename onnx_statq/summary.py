@@ -37,7 +37,7 @@ def short_name(name: str, width: int = NAME_WIDTH) -> str:
 
 def format_summary(report: Report) -> str:
     """The table of quantized layers and the totals lines, as the CLI prints them unless --json or --quiet."""
-    rows = [("layer", "op", "shape", "repr", "K", "bits", "rel.err", "predicted", "SQNR dB")]
+    rows = [("weight", "op", "shape", "repr", "K", "bits", "rel.err", "predicted", "SQNR dB")]
     for r in report.layers:
         rows.append(
             (

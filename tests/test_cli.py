@@ -71,6 +71,19 @@ def test_table_json_and_report(tmp_path):
     assert json.loads(res.stdout)["verify"] == {}
 
 
+def test_a_name_copied_from_the_table_excludes_that_weight(tmp_path):
+    out = tmp_path / "q.onnx"
+    res = cli(str(DIGITS), "-o", str(out), "--no-verify")
+    head, first = res.stdout.splitlines()[:2]
+    assert head.split()[0] == "weight"
+    name = first.split()[0]
+    res = cli(str(DIGITS), "-o", str(out), "--no-verify", "--json", "--exclude", name)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert name not in {layer["name"] for layer in data["layers"]}
+    assert any(s["name"] == name and "excluded" in s["reason"] for s in data["skipped"])
+
+
 def test_cli_output_is_deterministic(tmp_path):
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     assert cli(str(DIGITS), "-o", str(a), "-q", "--no-verify").returncode == 0
