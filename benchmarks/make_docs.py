@@ -31,6 +31,24 @@ OUT = ROOT / "docs" / "benchmarks.md"
 
 
 # Every result file the page reads, and the command that writes it: what ``--run`` executes, in this order.
+DRAWS_SECTIONS = (
+    ("draws", "Calibration draws: the small models' calibrated rows on five draws of their calibration data"),
+    ("draws_modes", "Calibration draws on the small models, both calibrated modes: five draws of 32 samples"),
+    ("draws_2bit", "Calibration draws at 2 bits: both calibrated modes on five draws of 32 samples"),
+    (
+        "draws_large",
+        "Calibration draws on magika, PP-OCRv6 recognition and MiniLM: both calibrated modes on five draws of 32 "
+        "samples",
+    ),
+)
+
+
+def _both_modes(out: str, tasks: str, bits: str) -> list[str]:
+    """A ``bench_draws`` run of both calibrated modes on five draws of 32 samples."""
+    options = ("--tasks", tasks, "--samples", "32", "--bits", bits, "--modes", "sequential,independent")
+    return ["bench_draws", *options, "--out", out]
+
+
 RUNS: dict[str, list[str]] = {
     "codebook": ["bench_codebook"],
     "size_time": ["bench_size_time"],
@@ -58,21 +76,9 @@ RUNS: dict[str, list[str]] = {
         *("--bits", "4,3", "--compensations", "", "--out", "calibration_8"),
     ],
     "draws": ["bench_draws"],
-    "draws_modes": [
-        "bench_draws",
-        *("--tasks", "silero_vad,ppocr_cls", "--samples", "32", "--bits", "4,3"),
-        *("--modes", "sequential,independent", "--out", "draws_modes"),
-    ],
-    "draws_2bit": [
-        "bench_draws",
-        *("--tasks", "silero_vad,ppocr_cls,magika,minilm", "--samples", "32", "--bits", "2"),
-        *("--modes", "sequential,independent", "--out", "draws_2bit"),
-    ],
-    "draws_large": [
-        "bench_draws",
-        *("--tasks", "magika,ppocr_rec,minilm", "--samples", "32", "--bits", "4,3"),
-        *("--modes", "sequential,independent", "--out", "draws_large"),
-    ],
+    "draws_modes": _both_modes("draws_modes", "silero_vad,ppocr_cls", "4,3"),
+    "draws_2bit": _both_modes("draws_2bit", "silero_vad,ppocr_cls,magika,minilm", "2"),
+    "draws_large": _both_modes("draws_large", "magika,ppocr_rec,minilm", "4,3"),
     "alloc": ["bench_alloc"],
     "peers": ["bench_peers"],
 }
@@ -332,23 +338,8 @@ def build() -> None:
         "calibration_8",
         "Calibration with 8 samples, the small end of the 8-64 the issue names, on every model",
     )
-    parts += verbatim(
-        "draws",
-        "Calibration draws: the small models' calibrated rows on five draws of their calibration data",
-    )
-    parts += verbatim(
-        "draws_modes",
-        "Calibration draws on the small models, both calibrated modes: five draws of 32 samples",
-    )
-    parts += verbatim(
-        "draws_2bit",
-        "Calibration draws at 2 bits: both calibrated modes on five draws of 32 samples",
-    )
-    parts += verbatim(
-        "draws_large",
-        "Calibration draws on magika, PP-OCRv6 recognition and MiniLM: both calibrated modes on five draws of 32 "
-        "samples",
-    )
+    for name, title in DRAWS_SECTIONS:
+        parts += verbatim(name, title)
     parts += alloc_section(_load(ALLOC))
     if peers is not None:
         parts += peers_section(peers)

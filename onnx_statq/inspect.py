@@ -24,7 +24,7 @@ from .graph.allocation import Layer, layer_curve
 from .graph.pass_ import StatqPass, import_graph, unchanged_reason
 from .io import load_model
 from .report import Report, SkipRecord, sqnr_db
-from .summary import short_name
+from .summary import aligned, short_name
 
 __all__ = ["Inspection", "TensorStats", "format_table", "inspect_model", "plot_tensor"]
 
@@ -203,8 +203,7 @@ def format_table(ins: Inspection) -> str:
             "-" if t.predicted_rel_error is None else f"{t.predicted_rel_error:.2e}",
         ]
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = aligned(rows)
     if not ins.tensors:
         lines.append("(no weight would be quantized)")
     before = sum(t.bytes_before for t in ins.tensors)

@@ -6,12 +6,13 @@ everything here reads a :class:`~onnx_statq.report.Report` and returns text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .plan import RECOMMENDED_SAMPLES
 from .report import Report
 
-__all__ = ["LOW_RANDOM_SQNR_DB", "NAME_WIDTH", "format_summary", "short_name"]
+__all__ = ["LOW_RANDOM_SQNR_DB", "NAME_WIDTH", "aligned", "format_summary", "short_name"]
 
 LOW_RANDOM_SQNR_DB = 20.0  # below this on random inputs, the summary suggests --verify-data
 NAME_WIDTH = 48  # the layer column; longer names are cut in the middle
@@ -23,6 +24,12 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} GB"
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as left-aligned columns two spaces apart: the summary's, ``inspect``'s and ``check``'s tables."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def short_name(name: str, width: int = NAME_WIDTH) -> str:
@@ -52,8 +59,7 @@ def format_summary(report: Report) -> str:
                 f"{r.sqnr_db:.1f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
+    lines = aligned(rows)
     t = report.totals
     fb, fa = t["file_bytes_before"], t["file_bytes_after"]
     zb, za = t["zipped_bytes_before"], t["zipped_bytes_after"]

@@ -136,13 +136,14 @@ def calibrate(
     # a layer refitted with compensation 0 reads only the quantized stream: the float one stops after the last
     # layer that reads it (on MiniLM, all MatMul, it never runs: no float segments, one Gram product instead of three)
     readers = [p.node_index for p in plans if _reads_float(p, mode, compensation)]
-    fb_s = [0.0]
+    feedback_s = 0.0
     opts = _Options(mode, refit_levels, bias_correction, compensation, error_feedback, few)
     with StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, max(readers, default=0), jobs) as ex:
 
         def refine(plan: LayerPlan) -> LayerOutcome:
-            outcome, feedback_s = _calibrate_one(ex, plan, opts, masks)
-            fb_s[0] += feedback_s
+            nonlocal feedback_s
+            outcome, seconds = _calibrate_one(ex, plan, opts, masks)
+            feedback_s += seconds
             return outcome
 
         t_run, t_fit = _walk(ex, plans, refine, summary, progress)
@@ -153,7 +154,7 @@ def calibrate(
     summary.model_sqnr_db = model_output_sqnr(ref, out, masks)
     summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
     if error_feedback:
-        summary.timings["calib_feedback_s"] = fb_s[0]  # part of calib_fit_s
+        summary.timings["calib_feedback_s"] = feedback_s  # part of calib_fit_s
     return summary
 
 

@@ -19,7 +19,7 @@ import onnx
 
 from ..errors import CheckFailedError, OutputError, first_line
 from ..io import load_model, zipped_size
-from .cpu_run import RANDOM, run_cpu
+from .cpu_run import RANDOM, CpuRun, run_cpu
 from .ort_format import (
     CONFIG_SUFFIX,
     ORT_SUFFIX,
@@ -79,14 +79,11 @@ class EPCoverage:
 
 
 @dataclass
-class CheckResult:
-    model: str
-    loads: bool = False
-    load_error: str | None = None
-    runs: bool = False
-    run_error: str | None = None
-    inputs: dict[str, list[int]] = field(default_factory=dict)
-    inputs_from: str = RANDOM  # what the run used: random inputs, or the --data given
+class CheckResult(CpuRun):
+    """What ``check`` found: the CPU run's outcome (:class:`~.cpu_run.CpuRun`, filled by :func:`~.cpu_run.run_cpu`),
+    the operators, the ORT-format conversion and the execution providers' coverage."""
+
+    model: str = ""
     ops: list[OpUse] = field(default_factory=list)
     ort_format: dict[str, Any] = field(default_factory=dict)  # ok, bytes, zipped_bytes, required_operators, error
     eps: list[EPCoverage] = field(default_factory=list)
@@ -201,12 +198,6 @@ def _op_uses(counts: dict[tuple[str, str, int], int | None], local: set[tuple[st
     return out
 
 
-def _run_cpu(path: Path, result: CheckResult, data: Any) -> None:
-    run = run_cpu(path, data)
-    result.loads, result.load_error, result.runs, result.run_error = run.loads, run.load_error, run.runs, run.run_error
-    result.inputs, result.inputs_from = run.inputs, run.inputs_from
-
-
 def _ort_format(path: Path, tmp: Path) -> dict[str, Any]:
     dst = tmp / (path.stem + ORT_SUFFIX)
     try:
@@ -305,7 +296,7 @@ def check_model(
     local = {(f.domain, f.name) for f in model.functions}
     result.ops = _op_uses({(d, op, opsets.get(d, 0)): n for (d, op), n in counts.items()}, local)
     step("onnxruntime CPU")
-    _run_cpu(p, result, data)
+    run_cpu(p, data, into=result)
     if result.loads:  # every node found a kernel: whatever the registry lookup missed is resolved by onnxruntime
         result.ops = [replace(o, cpu="resolved at load") if o.cpu == "missing" else o for o in result.ops]
     with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
@@ -334,7 +325,7 @@ def _check_ort(p: Path, progress: Callable[[str], None] | None, data: Any) -> Ch
     result.ops = _op_uses({(d, op, v): None for d, v, ops in lines for op in ops}, set())
     if progress:
         progress("onnxruntime CPU")
-    _run_cpu(p, result, data)
+    run_cpu(p, data, into=result)
     if lines:
         result.ort_format = {
             "ok": True,

@@ -5,6 +5,7 @@ Apart from :mod:`.check`, which runs onnxruntime and its tools; this only format
 
 from __future__ import annotations
 
+from ..summary import aligned
 from .check import CheckResult
 
 __all__ = ["format_check"]
@@ -31,8 +32,7 @@ def format_check(res: CheckResult) -> str:
                 *("yes" if x else "-" for x in (o.nnapi, o.coreml_neuralnetwork, o.coreml_mlprogram)),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["", *("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows), ""]
+    lines += ["", *aligned(rows), ""]
     f = res.ort_format
     if f.get("ok"):
         what = "is ORT format" if f["note"].startswith("already") else "converts"

@@ -34,12 +34,18 @@ class CpuRun:
     inputs_from: str = RANDOM  # "random inputs", or the data the run used
 
 
-def run_cpu(path: Path, data: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | None = None) -> CpuRun:
+def run_cpu(
+    path: Path,
+    data: str | os.PathLike[str] | Iterable[Mapping[str, Any]] | None = None,
+    into: CpuRun | None = None,
+) -> CpuRun:
     """Load ``path`` in onnxruntime's CPU provider and run it on ``data`` (an .npz, a folder of .npz feeds or input
-    dicts, checked against the session's inputs: a mismatch raises CalibrationError) or on random inputs."""
+    dicts, checked against the session's inputs: a mismatch raises CalibrationError) or on random inputs; the
+    outcome goes into ``into`` (``check``'s result) or a new :class:`CpuRun`."""
     import onnxruntime as ort
 
-    out = CpuRun(inputs_from=RANDOM if data is None else _describe(data))
+    out = into if into is not None else CpuRun()
+    out.inputs_from = RANDOM if data is None else _describe(data)
     so = ort.SessionOptions()
     so.log_severity_level = 4  # a failed run is reported in one line; onnxruntime's own ERROR log would add a second
     try:
