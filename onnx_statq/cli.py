@@ -20,6 +20,7 @@ from .api import DEFAULT_CALIB_MASK, DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
 from .errors import OutputError, StatqError
+from .io import write_text_atomic
 from .plan import CalibrationMode
 from .summary import format_summary
 from .workers import MAX_DEFAULT_JOBS
@@ -292,9 +293,10 @@ def _quantize(**opts: Any) -> None:
             bar.__exit__(None, None, None)
     if opts["report_file"]:
         try:
-            opts["report_file"].write_text(json.dumps(report.to_dict(), indent=2))
-        except OSError as exc:
-            raise OutputError(f"cannot write the report {opts['report_file']}: {exc.strerror or exc}") from None
+            write_text_atomic(opts["report_file"], json.dumps(report.to_dict(), indent=2))
+        except OutputError as exc:  # the model is whole and in place: say so, a script may otherwise redo the work
+            written = ", ".join(report.totals.get("outputs") or [str(opts["output"])])
+            raise OutputError(f"{exc} (the model itself was written: {written})") from None
     if opts["as_json"]:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif not opts["quiet"]:

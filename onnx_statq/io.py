@@ -31,6 +31,7 @@ __all__ = [
     "save_model",
     "staging_dir",
     "under_2gb",
+    "write_text_atomic",
     "zipped_size",
 ]
 
@@ -143,6 +144,18 @@ def publish(staged: list[tuple[Path, Path]]) -> list[Path]:
     for tmp, final in staged:
         os.replace(tmp, final)
     return [final for _, final in staged]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text output (a JSON report) as the model is written: staged beside it, then renamed, so a failure
+    part way never leaves half a file where a script would read it."""
+    with staging_dir(path) as tmpdir:
+        try:
+            staged = tmpdir / path.name
+            staged.write_text(text, encoding="utf-8")
+            publish([(staged, path)])
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:

@@ -71,6 +71,29 @@ def test_table_json_and_report(tmp_path):
     assert json.loads(res.stdout)["verify"] == {}
 
 
+def test_a_report_that_fails_part_way_leaves_no_half_file(tmp_path, monkeypatch):
+    from onnx_statq import io as statq_io
+
+    real = Path.write_text
+
+    def half(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real(self, text[: len(text) // 2], *args, **kwargs)  # type: ignore[arg-type]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half)
+    with pytest.raises(statq_io.OutputError, match="No space left"):
+        statq_io.write_text_atomic(tmp_path / "r.json", '{"layers": []}')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_written_says_the_model_was(tmp_path):
+    out = tmp_path / "q.onnx"
+    res = cli(str(DIGITS), "-o", str(out), "--no-verify", "--report", "/proc/r.json")
+    assert res.returncode != 0 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot write" in res.stderr and f"the model itself was written: {out}" in res.stderr
+    assert onnx.load(str(out)).graph.node
+
+
 def test_a_name_copied_from_the_table_excludes_that_weight(tmp_path):
     out = tmp_path / "q.onnx"
     res = cli(str(DIGITS), "-o", str(out), "--no-verify")
