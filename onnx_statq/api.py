@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,7 +110,7 @@ def make_refiner(
 
 
 def quantize(
-    model: onnx.ModelProto | str | os.PathLike[str],
+    model: Any,
     config: QuantConfig | None = None,
     *,
     calib: Any = None,
@@ -118,18 +119,36 @@ def quantize(
     calib_compensation: float | None = DEFAULT_COMPENSATION,
     calib_mask: str | None = DEFAULT_CALIB_MASK,
     **options: Any,
-) -> onnx.ModelProto:
-    """Quantize a model (a ModelProto, or a path to load) and return the quantized ModelProto.
+) -> Any:
+    """Quantize a model and return it as the kind of object it came as: an ``onnx.ModelProto`` for a ModelProto or
+    a path to load, an ``onnx_ir.Model`` for an ``onnx_ir.Model`` (so a toolchain on either IR keeps its own).
 
     ``calib`` (an .npz or folder path, an iterable of input dicts, or a CalibrationDataReader) turns on
-    calibration, sequential by default. The input proto is never modified. Keyword options override ``config``.
+    calibration, sequential by default. The input model is never modified. Keyword options override ``config``.
     """
     lazy = _lazy(calib, calib_mode)
-    proto = load_model(model, lazy=lazy) if isinstance(model, (str, os.PathLike)) else model
+    proto, back = _as_proto(model, lazy)
     base = Path(model).parent if lazy and isinstance(model, (str, os.PathLike)) else None
     cfg = _config(config, options)
     refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation, cfg.workers, calib_mask)
-    return StatqPass(cfg, refiner=refiner)(proto, base_dir=base).model
+    return back(StatqPass(cfg, refiner=refiner)(proto, base_dir=base).model)
+
+
+def _as_proto(model: Any, lazy: bool) -> tuple[onnx.ModelProto, Callable[[onnx.ModelProto], Any]]:
+    """The model as a ModelProto, and how to give the result back in the caller's kind. An ``onnx_ir.Model`` is
+    recognised without importing onnx_ir (an optional extra): a caller holding one has imported it."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, lazy=lazy), _same
+    if isinstance(model, onnx.ModelProto):
+        return model, _same
+    ir = sys.modules.get("onnx_ir")
+    if ir is not None and isinstance(model, ir.Model):
+        return ir.to_proto(model), ir.from_proto
+    raise TypeError(f"quantize takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}")
+
+
+def _same(model: onnx.ModelProto) -> onnx.ModelProto:
+    return model
 
 
 def quantize_file(

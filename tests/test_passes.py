@@ -41,6 +41,29 @@ def test_onnx_ir_pass_without_weights_is_a_no_op(make_model):
     assert not result.modified
 
 
+def test_quantize_gives_an_onnx_ir_model_back_as_it_came(conv_model, rng):
+    import onnx_statq
+
+    proto = conv_model()
+    model = ir.from_proto(proto)
+    before = ir.to_proto(model).SerializeToString()
+    config = QuantConfig(bits=4, min_size=100)
+    out = onnx_statq.quantize(model, config)
+    assert isinstance(out, ir.Model)
+    assert ir.to_proto(model).SerializeToString() == before  # the input model is not modified
+    ops = [n.op_type for n in out.graph]
+    assert "Conv" in ops and ops.count("Gather") > ops.count("Conv")  # weights decoded by table lookups
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert np.array_equal(run(ir.to_proto(out), {"x": x})[0], run(onnx_statq.quantize(proto, config), {"x": x})[0])
+
+
+def test_quantize_refuses_what_is_not_a_model():
+    import onnx_statq
+
+    with pytest.raises(TypeError, match="not dict"):
+        onnx_statq.quantize({"graph": None})
+
+
 def test_olive_workflow_runs_the_statq_pass(conv_model, rng, tmp_path, monkeypatch):
     """The pass inside a real Olive workflow (``pip install 'onnx-statq[olive]'``), registered by a package config."""
     monkeypatch.setenv("OLIVE_DISABLE_TELEMETRY", "1")
