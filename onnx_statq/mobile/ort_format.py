@@ -22,6 +22,7 @@ from ..config import QuantConfig
 from ..errors import OutputError, first_line
 from ..io import load_model, publish, staging_dir, zipped_size
 from ..report import Report
+from .ort_canonical import canonical_ort
 
 __all__ = [
     "CONFIG_SUFFIX",
@@ -94,6 +95,7 @@ def write_ort(
             except Exception as exc:
                 first = first_line(exc, 300)
                 raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first}") from None
+            tmp_ort.write_bytes(canonical_ort(tmp_ort.read_bytes()))  # the same bytes on every run
             staged = [(tmp_ort, out)]
             if config:
                 tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
