@@ -148,6 +148,20 @@ def test_bad_calibration_data_is_rejected_before_work(digits, feed, message):
         quantize(m, calib=[feed])
 
 
+def test_integer_calibration_data_must_fit_the_input_type():
+    """int64 ids into an int8 input: numpy's same-kind cast wraps 300 to 44, which the model would have been fed."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("ids", TensorProto.INT8, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.INT8, ["N", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["y"])], "g", [x], [y])
+    specs = model_inputs(helper.make_model(graph))
+    fits = load_calibration([{"ids": np.array([[1, -7]], np.int64)}], specs)
+    assert fits[0]["ids"].dtype == np.int8 and fits[0]["ids"].tolist() == [[1, -7]]
+    with pytest.raises(CalibrationError, match="outside the range of int8"):
+        load_calibration([{"ids": np.array([[1, 300]], np.int64)}], specs)
+
+
 def test_folder_of_feeds(tmp_path, digits):
     m, _, _ = digits
     arr = np.load(CALIB)["input"]

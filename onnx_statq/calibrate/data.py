@@ -65,7 +65,10 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
                 raise CalibrationError(
                     f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
                 )
-            arr = arr.astype(s.dtype)
+            cast = arr.astype(s.dtype)
+            if np.issubdtype(arr.dtype, np.integer) and not np.array_equal(cast, arr):  # int64 -> int8 wraps
+                raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {cast.dtype}")
+            arr = cast
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
             raise CalibrationError(f"{where}: input {s.name} holds NaN or Inf values")
         if s.shape and arr.ndim != len(s.shape):
