@@ -119,7 +119,7 @@ def _offsets(b: Any, start: Any, items: list[int]) -> int:
 
 
 def _write_resolver(fbs: Any, b: Any, resolver: Resolver) -> int:
-    arg, kind_t, entry_t = fbs.ArgTypeAndIndex, fbs.KernelTypeStrArgsEntry, fbs.OpIdKernelTypeStrArgsEntry
+    arg = fbs.ArgTypeAndIndex
     entries = []
     for op_id, kinds in resolver:
         kind_offs = []
@@ -130,23 +130,26 @@ def _write_resolver(fbs: Any, b: Any, resolver: Resolver) -> int:
                 arg.ArgTypeAndIndexAddArgType(b, arg_type)
                 arg.ArgTypeAndIndexAddIndex(b, index)
                 arg_offs.append(arg.ArgTypeAndIndexEnd(b))
-            args_vec = _offsets(b, kind_t.KernelTypeStrArgsEntryStartArgsVector, arg_offs)
-            name_off = b.CreateSharedString(name)
-            kind_t.KernelTypeStrArgsEntryStart(b)
-            kind_t.KernelTypeStrArgsEntryAddKernelTypeStr(b, name_off)
-            kind_t.KernelTypeStrArgsEntryAddArgs(b, args_vec)
-            kind_offs.append(kind_t.KernelTypeStrArgsEntryEnd(b))
-        kinds_vec = _offsets(b, entry_t.OpIdKernelTypeStrArgsEntryStartKernelTypeStrArgsVector, kind_offs)
-        op_off = b.CreateSharedString(op_id)
-        entry_t.OpIdKernelTypeStrArgsEntryStart(b)
-        entry_t.OpIdKernelTypeStrArgsEntryAddOpId(b, op_off)
-        entry_t.OpIdKernelTypeStrArgsEntryAddKernelTypeStrArgs(b, kinds_vec)
-        entries.append(entry_t.OpIdKernelTypeStrArgsEntryEnd(b))
+            kind_offs.append(_keyed(fbs, b, ("KernelTypeStrArgsEntry", "KernelTypeStr", "Args"), name, arg_offs))
+        entries.append(_keyed(fbs, b, ("OpIdKernelTypeStrArgsEntry", "OpId", "KernelTypeStrArgs"), op_id, kind_offs))
     r = fbs.KernelTypeStrResolver
     vec = _offsets(b, r.KernelTypeStrResolverStartOpKernelTypeStrArgsVector, entries)
     r.KernelTypeStrResolverStart(b)
     r.KernelTypeStrResolverAddOpKernelTypeStrArgs(b, vec)
     return int(r.KernelTypeStrResolverEnd(b))
+
+
+def _keyed(fbs: Any, b: Any, table: tuple[str, str, str], key: bytes, children: list[int]) -> int:
+    """One entry of a sorted map (table name, key field, children field): its string key and its children's
+    vector, through the functions flatc generates for that table (``<Table>Start``, ``<Table>Add<Field>``...)."""
+    name, key_field, vec_field = table
+    mod = getattr(fbs, name)
+    vec = _offsets(b, getattr(mod, f"{name}Start{vec_field}Vector"), children)
+    key_off = b.CreateSharedString(key)
+    getattr(mod, f"{name}Start")(b)
+    getattr(mod, f"{name}Add{key_field}")(b, key_off)
+    getattr(mod, f"{name}Add{vec_field}")(b, vec)
+    return int(getattr(mod, f"{name}End")(b))
 
 
 def _same_contents(fbs: Any, out: bytes, resolver: Resolver | None, tail: int, model: bytes) -> bool:
