@@ -62,7 +62,11 @@ def canonical_ort(data: bytes) -> bytes:
         logger.debug("ORT file left as written: resolver after the model")
         return data
     contents = _read_resolver(resolver) if resolver is not None else None
-    out = _rebuild(fbs, bytes(buf[cut:]), len(buf) - start, root.OrtVersion(), contents, align)
+    try:
+        out = _rebuild(fbs, bytes(buf[cut:]), len(buf) - start, root.OrtVersion(), contents, align)
+    except (AttributeError, TypeError, ValueError) as exc:  # flatbuffers or generated code older than expected
+        logger.debug("ORT file left as written: %s", exc)
+        return data
     return out if _same_contents(fbs, out, contents, len(buf) - cut, data[cut:]) else data
 
 
