@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,19 @@ DEFAULT_COMPENSATION = None  # per op type: 0 on MatMul, 0.5 elsewhere (calibrat
 VERIFY_MAX_SAMPLES = 256  # the check holds the float model's outputs on every verification sample at once
 
 
-def _config(config: QuantConfig | None, options: dict[str, Any]) -> QuantConfig:
-    base = config or QuantConfig()
+def _config(config: Any, options: dict[str, Any]) -> QuantConfig:
+    """``config`` as a QuantConfig: one already, a mapping of its options, or a .json / .toml file, each checked as
+    strictly as the CLI's ``--config``; keyword ``options`` override it."""
+    if config is None:
+        base = QuantConfig()
+    elif isinstance(config, QuantConfig):
+        base = config
+    elif isinstance(config, Mapping):
+        base = QuantConfig.from_dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        base = QuantConfig.from_file(Path(config))
+    else:
+        raise TypeError(f"config takes a QuantConfig, a mapping or a config file path, not {type(config).__name__}")
     return base.with_options(**options) if options else base
 
 
@@ -111,7 +122,7 @@ def make_refiner(
 
 def quantize(
     model: Any,
-    config: QuantConfig | None = None,
+    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     calib: Any = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
@@ -154,7 +165,7 @@ def _same(model: onnx.ModelProto) -> onnx.ModelProto:
 def quantize_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    config: QuantConfig | None = None,
+    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     verify: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
@@ -180,7 +191,7 @@ def quantize_file(
     inputs = [src_p] + [src_p.parent / n for n in data_files]
     zipped_before = ZipSizer(inputs)  # deflating a large input takes as long as the pass: run it alongside
     try:
-        cfg = config or QuantConfig()
+        cfg = _config(config, {})
         refiner = make_refiner(
             model, calib, calib_samples, calib_mode, progress, calib_compensation, cfg.workers, calib_mask
         )

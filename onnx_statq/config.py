@@ -172,6 +172,8 @@ class QuantConfig:
         return self.allocation == Allocation.AUTO and wide
 
     def with_options(self, **changes: Any) -> QuantConfig:
+        """A copy with ``changes``; an unknown option is a ConfigError, as in a config file."""
+        _refuse_unknown(changes, "option")
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,10 +191,7 @@ class QuantConfig:
         """Strict: an unknown key is an error, so a typo never silently falls back to a default."""
         if not isinstance(data, Mapping):
             raise ConfigError("a config must be a mapping of option names to values")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        _refuse_unknown(data, "config key")
         try:
             return cls(**dict(data))
         except TypeError as exc:
@@ -213,6 +212,13 @@ class QuantConfig:
                 f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
             ) from None
         return cls.from_dict(data)
+
+
+def _refuse_unknown(keys: Mapping[str, Any], what: str) -> None:
+    known = {f.name for f in fields(QuantConfig)}
+    unknown = sorted(set(keys) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what}(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
 def is_pattern(entry: str) -> bool:

@@ -97,6 +97,21 @@ def test_auto_beats_per_tensor_on_folded_convs(conv_model, rng):
     assert auto > tensor + 3.0
 
 
+def test_quantize_takes_its_config_as_a_mapping_or_a_file(conv_model, tmp_path):
+    m = conv_model()
+    want = quantize(m, QuantConfig(bits=3, min_size=100)).SerializeToString()
+    assert quantize(m, {"bits": 3, "min_size": 100}).SerializeToString() == want
+    (tmp_path / "c.toml").write_text("bits = 3\nmin_size = 100\n")
+    assert quantize(m, tmp_path / "c.toml").SerializeToString() == want
+    assert quantize(m, {"bits": 5}, bits=3, min_size=100).SerializeToString() == want  # keywords override
+    with pytest.raises(ConfigError, match=r"unknown config key.*bitz"):
+        quantize(m, {"bitz": 3})
+    with pytest.raises(ConfigError, match=r"unknown option.*bogus"):
+        quantize(m, bits=3, bogus=1)
+    with pytest.raises(TypeError, match="not int"):
+        quantize(m, 3)
+
+
 def test_deterministic_bytes(conv_model):
     m = conv_model()
     assert quantize(m).SerializeToString() == quantize(m).SerializeToString()
