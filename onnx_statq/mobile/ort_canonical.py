@@ -36,10 +36,11 @@ def _fbs() -> Any:
     return fbs
 
 
-def canonical_ort(data: bytes) -> bytes:
+def canonical_ort(data: bytes) -> bytes | memoryview:
     """``data`` (an ORT-format file) with the part onnxruntime lays out differently on each conversion rewritten
-    in a fixed layout; ``data`` itself where the file is not laid out as this expects."""
-    buf = bytearray(data)
+    in a fixed layout; ``data`` itself where the file is not laid out as this expects. The model's bytes are
+    copied once, into the new buffer, whose view is returned: a large .ort costs about twice its size."""
+    buf = data
     if len(buf) < 8 or buf[4:8] != _IDENTIFIER:
         return data
     try:
@@ -63,11 +64,11 @@ def canonical_ort(data: bytes) -> bytes:
         return data
     contents = _read_resolver(resolver) if resolver is not None else None
     try:
-        out = _rebuild(fbs, bytes(buf[cut:]), len(buf) - start, root.OrtVersion(), contents, align)
+        out = _rebuild(fbs, memoryview(data)[cut:], len(buf) - start, root.OrtVersion(), contents, cut, align)
     except (AttributeError, TypeError, ValueError) as exc:  # flatbuffers or generated code older than expected
         logger.debug("ORT file left as written: %s", exc)
         return data
-    return out if _same_contents(fbs, out, contents, len(buf) - cut, data[cut:]) else data
+    return out if _same_contents(fbs, out, contents, memoryview(data)[cut:]) else data
 
 
 def _alignment(length: int) -> int:
@@ -93,12 +94,19 @@ def _read_resolver(resolver: Any) -> Resolver:
 
 
 def _rebuild(
-    fbs: Any, model: bytes, model_offset: int, version: bytes | None, resolver: Resolver | None, align: int
-) -> bytes:
-    """Root, version and resolver written in front of the model's bytes, children before parents, in order."""
+    fbs: Any,
+    model: memoryview,
+    model_offset: int,
+    version: bytes | None,
+    resolver: Resolver | None,
+    prefix: int,
+    align: int,
+) -> memoryview:
+    """Root, version and resolver written in front of the model's bytes, children before parents, in order.
+    ``prefix``: what onnxruntime's take; room for twice that keeps the builder from doubling its buffer."""
     import flatbuffers
 
-    b = flatbuffers.Builder(len(model) + 4096)
+    b = flatbuffers.Builder(len(model) + 2 * prefix + 4096)
     b.Bytes[len(b.Bytes) - len(model) :] = model
     b.head = len(b.Bytes) - len(model)
     b.minalign = align
@@ -112,7 +120,7 @@ def _rebuild(
     if res is not None:
         s.InferenceSessionAddKernelTypeStrResolver(b, res)
     b.Finish(s.InferenceSessionEnd(b), file_identifier=_IDENTIFIER)
-    return bytes(b.Output())
+    return memoryview(b.Bytes)[b.Head() :]
 
 
 def _offsets(b: Any, start: Any, items: list[int]) -> int:
@@ -156,10 +164,10 @@ def _keyed(fbs: Any, b: Any, table: tuple[str, str, str], key: bytes, children: 
     return int(getattr(mod, f"{name}End")(b))
 
 
-def _same_contents(fbs: Any, out: bytes, resolver: Resolver | None, tail: int, model: bytes) -> bool:
+def _same_contents(fbs: Any, out: memoryview, resolver: Resolver | None, model: memoryview) -> bool:
     """The rewritten file ends in the model's bytes and reads back the same resolver: else it is not used."""
-    back = fbs.InferenceSession.InferenceSession.GetRootAs(bytearray(out), 0).KernelTypeStrResolver()
-    ok = out[len(out) - tail :] == model and (_read_resolver(back) if back is not None else None) == resolver
+    back = fbs.InferenceSession.InferenceSession.GetRootAs(out, 0).KernelTypeStrResolver()
+    ok = out[len(out) - len(model) :] == model and (_read_resolver(back) if back is not None else None) == resolver
     if not ok:
         logger.debug("ORT file left as written: the rewrite did not read back the same")
     return ok
