@@ -13,9 +13,9 @@ from typing import Any
 import onnx
 
 from .config import QuantConfig
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, ExternalDataError, OutputError
 from .graph.pass_ import PassResult, StatqPass
-from .io import ZipSizer, load_model, save_model, zipped_size
+from .io import ZipSizer, load_model, read_external, save_model, zipped_size
 from .plan import CalibrationMode, CalibrationSummary, LayerPlan, Refiner, SensitivityProbe
 from .report import Report
 from .workers import default_jobs
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CALIB_MASK",
     "DEFAULT_CALIB_SAMPLES",
     "VERIFY_MAX_SAMPLES",
+    "ir_to_proto",
     "make_refiner",
     "quantize",
     "quantize_file",
@@ -138,24 +139,47 @@ def quantize(
     calibration, sequential by default. The input model is never modified. Keyword options override ``config``.
     """
     lazy = _lazy(calib, calib_mode)
-    proto, back = _as_proto(model, lazy)
-    base = Path(model).parent if lazy and isinstance(model, (str, os.PathLike)) else None
+    proto, back, base = _as_proto(model, lazy)
     cfg = _config(config, options)
     refiner = make_refiner(proto, calib, calib_samples, calib_mode, None, calib_compensation, cfg.workers, calib_mask)
     return back(StatqPass(cfg, refiner=refiner)(proto, base_dir=base).model)
 
 
-def _as_proto(model: Any, lazy: bool) -> tuple[onnx.ModelProto, Callable[[onnx.ModelProto], Any]]:
-    """The model as a ModelProto, and how to give the result back in the caller's kind. An ``onnx_ir.Model`` is
-    recognised without importing onnx_ir (an optional extra): a caller holding one has imported it."""
+def _as_proto(model: Any, lazy: bool) -> tuple[onnx.ModelProto, Callable[[onnx.ModelProto], Any], Path | None]:
+    """The model as a ModelProto, how to give the result back in the caller's kind, and the folder the pass reads
+    external weights from (None: none left on disk). An ``onnx_ir.Model`` is recognised without importing
+    onnx_ir (an optional extra): a caller holding one has imported it."""
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, lazy=lazy), _same
+        return load_model(model, lazy=lazy), _same, Path(model).parent if lazy else None
     if isinstance(model, onnx.ModelProto):
-        return model, _same
+        return model, _same, None
     ir = sys.modules.get("onnx_ir")
     if ir is not None and isinstance(model, ir.Model):
-        return ir.to_proto(model), ir.from_proto
+        proto, base = ir_to_proto(model, lazy)
+        return proto, ir.from_proto, base
     raise TypeError(f"quantize takes an onnx.ModelProto, an onnx_ir.Model or a path, not {type(model).__name__}")
+
+
+def ir_to_proto(model: Any, lazy: bool = True) -> tuple[onnx.ModelProto, Path | None]:
+    """An ``onnx_ir.Model`` as a ModelProto for the pass, and the folder of its external weights if they stay on
+    disk (``lazy``; else they are read into the proto). onnx_ir keeps a loaded model's large tensors in their
+    files and ``to_proto`` writes references to them, which onnx would resolve against the working directory."""
+    import onnx_ir as ir
+
+    proto = ir.to_proto(model)
+    folders = {
+        str(v.const_value.base_dir)
+        for g in model.graphs()
+        for v in g.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    if len(folders) > 1:
+        raise ExternalDataError(f"the model's external data is in several folders: {', '.join(sorted(folders))}")
+    if not folders:
+        return proto, None
+    folder = Path(folders.pop())
+    read_external(proto, folder, lazy, f"the onnx_ir model (folder {folder})")
+    return proto, folder if lazy else None
 
 
 def _same(model: onnx.ModelProto) -> onnx.ModelProto:

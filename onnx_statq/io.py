@@ -28,6 +28,7 @@ __all__ = [
     "ZipSizer",
     "load_model",
     "publish",
+    "read_external",
     "save_model",
     "staging_dir",
     "under_2gb",
@@ -62,6 +63,19 @@ def _check_external(model: onnx.ModelProto, folder: Path) -> None:
             raise ExternalDataError(f"external data file {loc!r} is missing next to the model")
 
 
+def read_external(model: onnx.ModelProto, folder: Path, lazy: bool, what: str) -> None:
+    """Check the model's external data in ``folder`` (plain files inside it, byte ranges that fit) and, unless
+    ``lazy``, read it into the model; ``lazy`` leaves it for ``StatqPass(...)(model, base_dir=folder)``."""
+    _check_external(model, folder)
+    try:
+        if lazy:
+            check_ranges(model, folder)
+        else:
+            onnx.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise ExternalDataError(f"cannot read external data of {what}: {exc}") from None
+
+
 def under_2gb(model: onnx.ModelProto) -> bool:
     """Whether the model serializes to one protobuf (< 2 GB); ``ByteSize`` itself fails on a larger one."""
     try:
@@ -88,17 +102,10 @@ def load_model(
         raise ModelLoadError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise ModelLoadError(f"{p} is not an ONNX model (no graph or opset)")
-    _check_external(model, p.parent)
     if data_files is not None:
         data_files.extend(sorted(set(_external_locations(model))))
     external = bool(_external_locations(model))
-    try:
-        if lazy:
-            check_ranges(model, p.parent)
-        else:
-            onnx.load_external_data_for_model(model, str(p.parent))
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ExternalDataError(f"cannot read external data of {p}: {exc}") from None
+    read_external(model, p.parent, lazy, str(p))
     try:
         if not (lazy and external) and under_2gb(model):
             onnx.checker.check_model(model)

@@ -11,7 +11,8 @@ from typing import Any
 import onnx_ir as ir
 
 from onnx_statq import NoWeightsError, QuantConfig, StatqPass
-from onnx_statq.api import make_refiner
+from onnx_statq.api import ir_to_proto, make_refiner
+from onnx_statq.lazy import materialize
 from onnx_statq.report import Report
 
 __all__ = ["StatqIRPass"]
@@ -31,12 +32,14 @@ class StatqIRPass(ir.passes.FunctionalPass):
         self.report: Report | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        proto = ir.to_proto(model)
+        proto, base = ir_to_proto(model, lazy=self.calib is None)  # calibration runs the weights in memory
         refiner = make_refiner(proto, self.calib, **self.calib_options) if self.calib is not None else None
         try:
-            result = StatqPass(self.config, refiner=refiner)(proto)
+            result = StatqPass(self.config, refiner=refiner)(proto, base_dir=base)
         except NoWeightsError:
             self.report = Report()
+            if base is not None:  # a new model whose tensors do not point at files by a relative path
+                materialize(proto, base)
             return ir.passes.PassResult(ir.from_proto(proto), modified=False)
         self.report = result.report
         return ir.passes.PassResult(ir.from_proto(result.model), modified=bool(result.report.layers))

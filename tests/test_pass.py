@@ -112,6 +112,19 @@ def test_quantize_takes_its_config_as_a_mapping_or_a_file(conv_model, tmp_path):
         quantize(m, 3)
 
 
+def test_external_data_left_unloaded_is_an_error_not_a_read_from_the_working_directory(
+    conv_model, tmp_path, monkeypatch
+):
+    from onnx_statq import ExternalDataError
+
+    onnx.save(conv_model(), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=64)
+    unloaded = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    monkeypatch.chdir(tmp_path)  # where onnx would have found m.data: the pass must not depend on that
+    with pytest.raises(ExternalDataError, match=r"m\.data, which was not loaded"):
+        quantize(unloaded)
+    assert quantize(onnx.load(str(tmp_path / "m.onnx"))).graph.node  # loaded with its data: fine
+
+
 def test_deterministic_bytes(conv_model):
     m = conv_model()
     assert quantize(m).SerializeToString() == quantize(m).SerializeToString()

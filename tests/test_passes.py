@@ -57,6 +57,24 @@ def test_quantize_gives_an_onnx_ir_model_back_as_it_came(conv_model, rng):
     assert np.array_equal(run(ir.to_proto(out), {"x": x})[0], run(onnx_statq.quantize(proto, config), {"x": x})[0])
 
 
+def test_an_onnx_ir_model_with_external_data_is_read_from_its_own_folder(conv_model, rng, tmp_path, monkeypatch):
+    import onnx
+
+    import onnx_statq
+
+    onnx.save(conv_model(), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=64)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # onnx resolves a bare reference against the working directory
+    model = ir.load(str(tmp_path / "m.onnx"))
+    config = QuantConfig(bits=4, min_size=100)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = run(onnx_statq.quantize(tmp_path / "m.onnx", config), {"x": x})[0]
+    assert np.array_equal(run(ir.to_proto(onnx_statq.quantize(model, config)), {"x": x})[0], want)
+    result = StatqIRPass(config)(model)
+    assert result.modified and np.array_equal(run(ir.to_proto(result.model), {"x": x})[0], want)
+
+
 def test_quantize_refuses_what_is_not_a_model():
     import onnx_statq
 

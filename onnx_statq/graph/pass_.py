@@ -20,8 +20,8 @@ from ..codebook import EncodedTensor, Granularity, Representation, encode_tensor
 from ..codebook.allocate import HI_BITS
 from ..codebook.tensor import Layout, alternatives, encode_half
 from ..config import Allocation, QuantConfig, Resolved
-from ..errors import NoWeightsError, UnsupportedModelError
-from ..lazy import attach, materialize
+from ..errors import ExternalDataError, NoWeightsError, UnsupportedModelError
+from ..lazy import attach, external_tensors, materialize
 from ..plan import LayerOutcome, LayerPlan, Refiner, Sensitivity, SensitivityProbe
 from ..report import LayerRecord, Report, SkipRecord
 from ..workers import ordered_map
@@ -74,6 +74,8 @@ class StatqPass:
             raise UnsupportedModelError(f"opset {opset} is older than the oldest supported ({MIN_OPSET})")
         if opset > (newest := onnx.defs.onnx_opset_version()):
             raise UnsupportedModelError(f"opset {opset} is newer than the newest this onnx knows ({newest})")
+        if base_dir is None:
+            _refuse_unloaded(model)
         graph, overhead = import_graph(model)
         if base_dir is not None:
             attach(graph, Path(base_dir))
@@ -394,3 +396,15 @@ def unchanged_reason(values: np.ndarray, enc: EncodedTensor) -> str | None:
     if enc.representation == "float16" and values.dtype == np.float16:
         return "already float16; a codebook would not pay"
     return None
+
+
+def _refuse_unloaded(model: onnx.ModelProto) -> None:
+    """A model loaded without its external data (``onnx.load(..., load_external_data=False)``) and no folder to read
+    it from: onnx would read the files relative to the current directory, a different model from each."""
+    unloaded = next(external_tensors(model), None)
+    if unloaded is not None:
+        where = next((e.value for e in unloaded.external_data if e.key == "location"), "?")
+        raise ExternalDataError(
+            f"weight {unloaded.name}'s data is in the external file {where}, which was not loaded: load the model "
+            "with onnx.load(path), or pass its path (or base_dir) so the pass reads it from the model's folder"
+        )
