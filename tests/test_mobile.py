@@ -82,18 +82,60 @@ def test_format_ort_writes_the_same_bytes_every_run(conv_file, tmp_path):
     assert len(seen) == 1
 
 
-def test_the_rewritten_ort_runs_as_onnxruntime_wrote_it(conv_file, tmp_path, rng):
-    from onnx_statq.mobile.ort_canonical import canonical_ort
+@pytest.fixture
+def raw_ort(conv_file, tmp_path):
     from onnx_statq.mobile.ort_format import _convert
 
     raw = tmp_path / "raw.ort"
     _convert(conv_file, raw)
+    return raw.read_bytes()
+
+
+def test_the_rewritten_ort_runs_as_onnxruntime_wrote_it(raw_ort, tmp_path, rng):
+    from onnx_statq.mobile.ort_canonical import ALIGN, canonical_ort
+
+    (tmp_path / "raw.ort").write_bytes(raw_ort)
     fixed = tmp_path / "fixed.ort"
-    fixed.write_bytes(canonical_ort(raw.read_bytes()))
-    assert fixed.read_bytes() != raw.read_bytes() and canonical_ort(fixed.read_bytes()) == fixed.read_bytes()
+    fixed.write_bytes(canonical_ort(raw_ort))
+    assert len(fixed.read_bytes()) % ALIGN == 0 and canonical_ort(fixed.read_bytes()) == fixed.read_bytes()
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    assert np.array_equal(_session(raw).run(None, {"x": x})[0], _session(fixed).run(None, {"x": x})[0])
+    (want,) = _session(tmp_path / "raw.ort").run(None, {"x": x})
+    assert np.array_equal(_session(fixed).run(None, {"x": x})[0], want)
     assert canonical_ort(b"not a flatbuffer") == b"not a flatbuffer"
+
+
+def test_ort_files_of_other_lengths_in_front_of_the_model_rewrite_the_same(raw_ort, monkeypatch, tmp_path, rng):
+    """onnxruntime's part before the model is sometimes 8 bytes longer: the result must not depend on its length
+    (it did while the padding followed the input's length). Valid files of other lengths are made here by writing
+    a string nothing refers to in front of the model, at 8-byte alignment."""
+    from onnx_statq.mobile import ort_canonical as oc
+
+    want = bytes(oc.canonical_ort(raw_ort))
+    real = oc._write_resolver
+    variants = []
+    for extra in range(1, 40, 5):
+        monkeypatch.setattr(oc, "ALIGN", 8)
+        monkeypatch.setattr(
+            oc, "_write_resolver", lambda f, b, r, s, n=extra: (b.CreateString(b"x" * n), real(f, b, r, s))[1]
+        )
+        variants.append(bytes(oc.canonical_ort(raw_ort)))
+        monkeypatch.undo()
+    assert len({len(v) % 64 for v in variants}) > 1  # lengths that the old padding rule told apart
+    (tmp_path / "v.ort").write_bytes(variants[0])
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert _session(tmp_path / "v.ort").run(None, {"x": x})[0].shape == (2, 10)  # each variant is a valid file
+    assert all(bytes(oc.canonical_ort(v)) == want for v in variants)
+
+
+def test_a_failed_rewrite_keeps_onnxruntimes_file_and_says_so(raw_ort, monkeypatch, caplog):
+    from onnx_statq.mobile import ort_canonical as oc
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("flatbuffers: cannot grow buffer beyond 2 gigabytes")
+
+    monkeypatch.setattr(oc, "_rebuild", fail)
+    assert oc.canonical_ort(raw_ort) is raw_ort
+    assert "not the same bytes from run to run" in caplog.text
 
 
 def test_format_ort_failure_leaves_nothing(conv_model, tmp_path):

@@ -2,15 +2,19 @@
 
 onnxruntime's serializer writes the kernel type-string resolver (which type constraint of each operator maps to
 which input or output) from an unordered container: the entries are the same each time and in the same order,
-but the nested tables land in a different order in the buffer, so two conversions of one model differ in their
-first kilobyte or so (measured: 4 different files from 5 conversions of the demo CNN; 2,000 of the 3.4 MB of
-PP-OCRv6 recognition's .ort, all before the model table). Everything from the model table on is the same bytes.
+but the nested tables land in a different order in the buffer, and the part before the model sometimes comes out
+8 bytes longer, so two conversions of one model differ in their first kilobyte or so and sometimes in length
+(measured: 4 different files from 5 conversions of the demo CNN; 2,000 of the 3.4 MB of PP-OCRv6 recognition's .ort,
+all before the model table). Everything from the model table on is the same bytes.
 
 A flatbuffer is written back to front and its offsets point forward, so the model's bytes are self-contained: this
 module keeps them as they are, at the end, and writes the root table, the version string and the resolver in front
 of them again in one fixed order, from their contents. The distance of every model byte from the end of the buffer
-is unchanged and the total length keeps its alignment, so every offset and alignment inside the model holds.
-A file laid out otherwise than expected is left exactly as onnxruntime wrote it.
+is unchanged, and the new length is a multiple of ``ALIGN``, a multiple of every alignment the schema uses (8 at
+most), so every offset and alignment inside the model holds whatever length onnxruntime's own part had.
+Best effort: a file laid out otherwise than expected (a table with a field this does not know, the resolver after
+the model) or any failure leaves the file exactly as onnxruntime wrote it, with a warning that it is then not the
+same bytes from run to run.
 """
 
 from __future__ import annotations
@@ -18,15 +22,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["canonical_ort"]
+__all__ = ["ALIGN", "canonical_ort"]
 
 logger = logging.getLogger(__name__)
 
-_ROOT_FIELDS = 4  # InferenceSession: ort_version, model, (deprecated) session_state, kernel_type_str_resolver
+ALIGN = 64
 _IDENTIFIER = b"ORTM"
-_MAX_ALIGN = 64
+# fields each table of the rewritten part has in the schema this was written against (the root's third, a
+# deprecated session state, must be absent): a file with more is from a newer schema, and is left as written
+_ROOT_FIELDS, _RESOLVER_FIELDS, _ENTRY_FIELDS, _ARG_FIELDS = 4, 1, 2, 2
 
 Resolver = list[tuple[bytes, list[tuple[bytes, list[tuple[int, int]]]]]]
+
+
+class _UnexpectedLayoutError(Exception):
+    """The file is not laid out as this module expects."""
 
 
 def _fbs() -> Any:
@@ -40,67 +50,70 @@ def canonical_ort(data: bytes) -> bytes | memoryview:
     """``data`` (an ORT-format file) with the part onnxruntime lays out differently on each conversion rewritten
     in a fixed layout; ``data`` itself where the file is not laid out as this expects. The model's bytes are
     copied once, into the new buffer, whose view is returned: a large .ort costs about twice its size."""
-    buf = data
-    if len(buf) < 8 or buf[4:8] != _IDENTIFIER:
+    if len(data) < 8 or data[4:8] != _IDENTIFIER:
         return data
     try:
-        import flatbuffers
-
-        fbs = _fbs()
-    except ImportError as exc:  # an onnxruntime build without its tools: the file as it was written
-        logger.debug("ORT file left as written: %s", exc)
+        return _canonical(data)
+    except Exception as exc:  # best effort: any failure keeps onnxruntime's own file
+        logger.warning("the .ort is written as onnxruntime wrote it, not the same bytes from run to run: %s", exc)
         return data
-    root = fbs.InferenceSession.InferenceSession.GetRootAs(buf, 0)
+
+
+def _canonical(data: bytes) -> memoryview:
+    import flatbuffers
+
+    fbs = _fbs()
+    root = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0)
+    _known_fields(root, _ROOT_FIELDS, "the root table")
     model, resolver = root.Model(), root.KernelTypeStrResolver()
-    if model is None or root._tab.Offset(8) != 0:  # no model, or the deprecated session state: not this layout
-        logger.debug("ORT file left as written: unexpected root table")
-        return data
+    if model is None or root._tab.Offset(8) != 0:
+        raise _UnexpectedLayoutError("no model, or a (deprecated) session state")
     start = model._tab.Pos
-    vtable = start - flatbuffers.encode.Get(flatbuffers.packer.soffset, buf, start)
-    cut = min(start, vtable)
-    align = _alignment(len(buf))
-    if resolver is not None and resolver._tab.Pos >= cut:  # the resolver was written before the model
-        logger.debug("ORT file left as written: resolver after the model")
-        return data
+    cut = min(start, start - flatbuffers.encode.Get(flatbuffers.packer.soffset, data, start))  # its vtable, if before
+    if resolver is not None and resolver._tab.Pos >= cut:
+        raise _UnexpectedLayoutError("the resolver comes after the model")
     contents = _read_resolver(resolver) if resolver is not None else None
-    try:
-        out = _rebuild(fbs, memoryview(data)[cut:], len(buf) - start, root.OrtVersion(), contents, cut, align)
-    except (AttributeError, TypeError, ValueError) as exc:  # flatbuffers or generated code older than expected
-        logger.debug("ORT file left as written: %s", exc)
-        return data
-    return out if _same_contents(fbs, out, contents, memoryview(data)[cut:]) else data
+    model_bytes = memoryview(data)[cut:]
+    out = _rebuild(fbs, model_bytes, len(data) - start, root.OrtVersion(), contents, cut)
+    back = fbs.InferenceSession.InferenceSession.GetRootAs(out, 0).KernelTypeStrResolver()
+    if out[len(out) - len(model_bytes) :] != model_bytes or (_read_resolver(back) if back else None) != contents:
+        raise _UnexpectedLayoutError("the rewrite did not read back the same")
+    return out
 
 
-def _alignment(length: int) -> int:
-    """The largest power of two up to ``_MAX_ALIGN`` dividing ``length``: at least the alignment the buffer was
-    finished to, so a buffer of a length that is a multiple of it keeps every model byte's alignment."""
-    a = 1
-    while a < _MAX_ALIGN and length % (2 * a) == 0:
-        a *= 2
-    return a
+def _known_fields(table: Any, known: int, what: str) -> None:
+    """Refuse a table whose vtable sets a field past the ``known`` ones: a field this rewrite would drop."""
+    import flatbuffers
+
+    tab = table._tab
+    vtable = tab.Pos - flatbuffers.encode.Get(flatbuffers.packer.soffset, tab.Bytes, tab.Pos)
+    slots = (flatbuffers.encode.Get(flatbuffers.packer.voffset, tab.Bytes, vtable) - 4) // 2
+    if any(tab.Offset(4 + 2 * i) for i in range(known, slots)):
+        raise _UnexpectedLayoutError(f"{what} has a field this does not know")
 
 
 def _read_resolver(resolver: Any) -> Resolver:
+    _known_fields(resolver, _RESOLVER_FIELDS, "the resolver")
     out: Resolver = []
     for i in range(resolver.OpKernelTypeStrArgsLength()):
         entry = resolver.OpKernelTypeStrArgs(i)
+        _known_fields(entry, _ENTRY_FIELDS, "a resolver entry")
         kinds = []
         for j in range(entry.KernelTypeStrArgsLength()):
             kind = entry.KernelTypeStrArgs(j)
-            args = [(kind.Args(a).ArgType(), kind.Args(a).Index()) for a in range(kind.ArgsLength())]
+            _known_fields(kind, _ENTRY_FIELDS, "a resolver entry")
+            args = []
+            for a in range(kind.ArgsLength()):
+                arg = kind.Args(a)
+                _known_fields(arg, _ARG_FIELDS, "a resolver argument")
+                args.append((arg.ArgType(), arg.Index()))
             kinds.append((kind.KernelTypeStr(), args))
         out.append((entry.OpId(), kinds))
     return out
 
 
 def _rebuild(
-    fbs: Any,
-    model: memoryview,
-    model_offset: int,
-    version: bytes | None,
-    resolver: Resolver | None,
-    prefix: int,
-    align: int,
+    fbs: Any, model: memoryview, model_offset: int, version: bytes | None, resolver: Resolver | None, prefix: int
 ) -> memoryview:
     """Root, version and resolver written in front of the model's bytes, children before parents, in order.
     ``prefix``: what onnxruntime's take; room for twice that keeps the builder from doubling its buffer."""
@@ -109,8 +122,9 @@ def _rebuild(
     b = flatbuffers.Builder(len(model) + 2 * prefix + 4096)
     b.Bytes[len(b.Bytes) - len(model) :] = model
     b.head = len(b.Bytes) - len(model)
-    b.minalign = align
-    res = _write_resolver(fbs, b, resolver) if resolver is not None else None
+    b.minalign = ALIGN
+    strings: dict[bytes, int] = {}  # each string once, as onnxruntime shares them (CreateSharedString is newer)
+    res = _write_resolver(fbs, b, resolver, strings) if resolver is not None else None
     ver = b.CreateString(version) if version is not None else None
     s = fbs.InferenceSession
     s.InferenceSessionStart(b)
@@ -130,7 +144,7 @@ def _offsets(b: Any, start: Any, items: list[int]) -> int:
     return int(b.EndVector())
 
 
-def _write_resolver(fbs: Any, b: Any, resolver: Resolver) -> int:
+def _write_resolver(fbs: Any, b: Any, resolver: Resolver, strings: dict[bytes, int]) -> int:
     arg = fbs.ArgTypeAndIndex
     entries = []
     for op_id, kinds in resolver:
@@ -142,8 +156,10 @@ def _write_resolver(fbs: Any, b: Any, resolver: Resolver) -> int:
                 arg.ArgTypeAndIndexAddArgType(b, arg_type)
                 arg.ArgTypeAndIndexAddIndex(b, index)
                 arg_offs.append(arg.ArgTypeAndIndexEnd(b))
-            kind_offs.append(_keyed(fbs, b, ("KernelTypeStrArgsEntry", "KernelTypeStr", "Args"), name, arg_offs))
-        entries.append(_keyed(fbs, b, ("OpIdKernelTypeStrArgsEntry", "OpId", "KernelTypeStrArgs"), op_id, kind_offs))
+            kind = ("KernelTypeStrArgsEntry", "KernelTypeStr", "Args")
+            kind_offs.append(_keyed(fbs, b, kind, _string(b, strings, name), arg_offs))
+        entry = ("OpIdKernelTypeStrArgsEntry", "OpId", "KernelTypeStrArgs")
+        entries.append(_keyed(fbs, b, entry, _string(b, strings, op_id), kind_offs))
     r = fbs.KernelTypeStrResolver
     vec = _offsets(b, r.KernelTypeStrResolverStartOpKernelTypeStrArgsVector, entries)
     r.KernelTypeStrResolverStart(b)
@@ -151,23 +167,19 @@ def _write_resolver(fbs: Any, b: Any, resolver: Resolver) -> int:
     return int(r.KernelTypeStrResolverEnd(b))
 
 
-def _keyed(fbs: Any, b: Any, table: tuple[str, str, str], key: bytes, children: list[int]) -> int:
-    """One entry of a sorted map (table name, key field, children field): its string key and its children's
-    vector, through the functions flatc generates for that table (``<Table>Start``, ``<Table>Add<Field>``...)."""
+def _string(b: Any, strings: dict[bytes, int], text: bytes) -> int:
+    if text not in strings:
+        strings[text] = int(b.CreateString(text))
+    return strings[text]
+
+
+def _keyed(fbs: Any, b: Any, table: tuple[str, str, str], key: int, children: list[int]) -> int:
+    """One entry of a sorted map (table name, key field, children field): its string key (already written) and its
+    children's vector, through the functions flatc generates for that table (``<Table>Start``, ...)."""
     name, key_field, vec_field = table
     mod = getattr(fbs, name)
     vec = _offsets(b, getattr(mod, f"{name}Start{vec_field}Vector"), children)
-    key_off = b.CreateSharedString(key)
     getattr(mod, f"{name}Start")(b)
-    getattr(mod, f"{name}Add{key_field}")(b, key_off)
+    getattr(mod, f"{name}Add{key_field}")(b, key)
     getattr(mod, f"{name}Add{vec_field}")(b, vec)
     return int(getattr(mod, f"{name}End")(b))
-
-
-def _same_contents(fbs: Any, out: memoryview, resolver: Resolver | None, model: memoryview) -> bool:
-    """The rewritten file ends in the model's bytes and reads back the same resolver: else it is not used."""
-    back = fbs.InferenceSession.InferenceSession.GetRootAs(out, 0).KernelTypeStrResolver()
-    ok = out[len(out) - len(model) :] == model and (_read_resolver(back) if back is not None else None) == resolver
-    if not ok:
-        logger.debug("ORT file left as written: the rewrite did not read back the same")
-    return ok
