@@ -160,6 +160,10 @@ def test_integer_calibration_data_must_fit_the_input_type():
     assert fits[0]["ids"].dtype == np.int8 and fits[0]["ids"].tolist() == [[1, -7]]
     with pytest.raises(CalibrationError, match="outside the range of int8"):
         load_calibration([{"ids": np.array([[1, 300]], np.int64)}], specs)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    ints = load_calibration([{"x": np.array([[16777217]], np.int32)}], model_inputs(helper.make_model(graph)))
+    assert ints[0]["x"].dtype == np.float32  # an int that float32 only rounds is taken, as before
 
 
 def test_folder_of_feeds(tmp_path, digits):

@@ -66,7 +66,8 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
                     f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
                 )
             cast = arr.astype(s.dtype)
-            if np.issubdtype(arr.dtype, np.integer) and not np.array_equal(cast, arr):  # int64 -> int8 wraps
+            narrowed = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(cast.dtype, np.integer)
+            if narrowed and not np.array_equal(cast, arr):  # int64 -> int8 wraps (int -> float only rounds)
                 raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {cast.dtype}")
             arr = cast
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
