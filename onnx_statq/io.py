@@ -155,14 +155,22 @@ def publish(staged: list[tuple[Path, Path]]) -> list[Path]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text output (a JSON report) as the model is written: staged beside it, then renamed, so a failure
-    part way never leaves half a file where a script would read it."""
-    with staging_dir(path) as tmpdir:
-        try:
-            staged = tmpdir / path.name
+    part way never leaves half a file where a script would read it. Through a symbolic link to its target (whose
+    permissions it keeps); straight into what is not a regular file (``/dev/stdout``, a pipe), which cannot be
+    renamed over."""
+    try:
+        if path.exists() and not path.is_file():  # both follow links: /dev/stdout's target is a pipe
+            path.write_text(text, encoding="utf-8")
+            return
+        target = Path(os.path.realpath(path))
+        with staging_dir(target) as tmpdir:
+            staged = tmpdir / target.name
             staged.write_text(text, encoding="utf-8")
-            publish([(staged, path)])
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            if target.exists():
+                shutil.copymode(target, staged)
+            publish([(staged, target)])
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _save_into(model: onnx.ModelProto, folder: Path, name: str) -> list[Path]:

@@ -86,6 +86,18 @@ def test_a_report_that_fails_part_way_leaves_no_half_file(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_report_through_a_symlink_writes_its_target(tmp_path):
+    from onnx_statq.io import write_text_atomic
+
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "real.json").chmod(0o640)
+    (tmp_path / "link.json").symlink_to("real.json")
+    write_text_atomic(tmp_path / "link.json", "new")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
+    assert (tmp_path / "real.json").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc refuses new files on Linux")
 def test_a_report_that_cannot_be_written_says_the_model_was(tmp_path):
     out = tmp_path / "q.onnx"
     res = cli(str(DIGITS), "-o", str(out), "--no-verify", "--report", "/proc/r.json")
