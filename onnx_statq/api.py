@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import onnx
 
@@ -121,9 +121,22 @@ def make_refiner(
     return _Calibration(feeds, mode, progress, compensation, jobs, mask_input)
 
 
+ConfigLike = QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+
+
+@overload
+def quantize(
+    model: onnx.ModelProto | str | os.PathLike[str], config: ConfigLike = None, **options: Any
+) -> onnx.ModelProto: ...
+
+
+@overload
+def quantize(model: Any, config: ConfigLike = None, **options: Any) -> Any: ...
+
+
 def quantize(
     model: Any,
-    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    config: ConfigLike = None,
     *,
     calib: Any = None,
     calib_samples: int | None = DEFAULT_CALIB_SAMPLES,
@@ -189,7 +202,7 @@ def _same(model: onnx.ModelProto) -> onnx.ModelProto:
 def quantize_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    config: ConfigLike = None,
     *,
     verify: bool = True,
     progress: Callable[[int, int, str], None] | None = None,

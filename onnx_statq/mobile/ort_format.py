@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def is_ort_format(path: Path) -> bool:
 def quantize_file_ort(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    config: QuantConfig | None = None,
+    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     verify: bool = True,
     verify_data: Any = None,
