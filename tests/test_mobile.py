@@ -246,3 +246,4 @@ def test_check_data_that_does_not_match_is_a_calibration_error(tmp_path):
     assert res.returncode == 8, res.stderr
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "missing inputs ['x']" in err[0] and "Traceback" not in res.stderr
+    assert "check --data feed 0" in err[0]  # names the option the data came from

@@ -82,4 +82,4 @@ def _given_feeds(sess: Any, data: Any) -> list[dict[str, np.ndarray]]:
 
     specs = [InputSpec(i.name, NP_TYPES.get(i.type), tuple(i.shape)) for i in sess.get_inputs()]
     source = Path(data) if isinstance(data, (str, os.PathLike)) else data
-    return load_calibration(source, specs, CHECK_MAX_SAMPLES, what="check")
+    return load_calibration(source, specs, CHECK_MAX_SAMPLES, what="check --data")
