@@ -72,6 +72,9 @@ class LayerPlan:
     # (position of an If node in the main graph, "then_branch" or "else_branch"): the consumer sits in that branch,
     # which calibration inlines when every feed takes it (calibrate/branches.py)
     branch: tuple[int, str] | None = None
+    # the layer's data input is a constant (a MatMul of two weights): no calibration data reaches the layer, which
+    # stays data-free, its weight still quantized in the stream for the layers after it
+    constant_input: bool = False
 
 
 @dataclass

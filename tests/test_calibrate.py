@@ -150,8 +150,6 @@ def test_bad_calibration_data_is_rejected_before_work(digits, feed, message):
 
 def test_integer_calibration_data_must_fit_the_input_type():
     """int64 ids into an int8 input: numpy's same-kind cast wraps 300 to 44, which the model would have been fed."""
-    from onnx import TensorProto, helper
-
     x = helper.make_tensor_value_info("ids", TensorProto.INT8, ["N", 2])
     y = helper.make_tensor_value_info("y", TensorProto.INT8, ["N", 2])
     graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["y"])], "g", [x], [y])
@@ -164,6 +162,41 @@ def test_integer_calibration_data_must_fit_the_input_type():
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     ints = load_calibration([{"x": np.array([[16777217]], np.int32)}], model_inputs(helper.make_model(graph)))
     assert ints[0]["x"].dtype == np.float32  # an int that float32 only rounds is taken, as before
+
+
+def test_a_matmul_of_two_weights_stays_data_free_and_quantized_in_the_stream(rng):
+    """y = x @ (Wb + A @ B), an unmerged LoRA adapter: A @ B has no data input. It crashed calibration (KeyError)."""
+    from onnx_statq.api import make_refiner
+
+    ws = {"Wb": (256, 256), "A": (256, 8), "B": (8, 256)}
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in ws.items()]
+    nodes = [
+        helper.make_node("MatMul", ["A", "B"], ["AB"], name="lora"),
+        helper.make_node("Add", ["Wb", "AB"], ["W"]),
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="proj"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((8, 256)).astype(np.float32)} for _ in range(4)]
+    res = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m)
+    assert {layer.name for layer in res.report.layers} == {"A", "B"}
+    # the quantized stream carries A and B quantized: the model's output error is measured, not inf
+    assert 5 < res.report.calibration["model_output_sqnr_db"] < 60
+
+
+def test_calibration_data_the_float_model_cannot_run_is_a_calibration_error(rng):
+    """Right names, types and ranks, but a batch of 8 that the model's Reshape to [-1, 48] cannot take: an exit-8
+    error in one line, not onnxruntime's log and an internal error (an LSTM's sequence_lens past its length did it)."""
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 48], np.int64), "shape")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [x], [y], [w, shape])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(CalibrationError, match="cannot run the model on the calibration data"):
+        quantize(m, calib=[{"x": rng.standard_normal((8, 64)).astype(np.float32)}])
 
 
 def test_folder_of_feeds(tmp_path, digits):

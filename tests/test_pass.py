@@ -51,6 +51,20 @@ def test_input_model_is_not_modified(conv_model):
     assert m.SerializeToString() == before
 
 
+def test_an_unnamed_constant_value_is_not_named_in_the_callers_model(conv_model):
+    """graphsurgeon's export names the TensorProto it imported, the caller's own: an unnamed Constant value came
+    back with its name set to "", and the input model was no longer the same bytes."""
+    m = conv_model()
+    two = helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32)))
+    out = m.graph.output[0].name
+    m.graph.node[-1].output[0] = "pre"
+    m.graph.node.extend([two, helper.make_node("Mul", ["pre", "two"], [out])])
+    before = m.SerializeToString()
+    calibrated = quantize(m, calib=[{"x": np.ones((2, 3, 8, 8), np.float32)}])  # both exports: calibration's too
+    assert m.SerializeToString() == before and not m.graph.node[-2].attribute[0].t.HasField("name")
+    assert calibrated.graph.node
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "auto"])
 def test_decoded_weights_are_bit_exact_in_onnxruntime(conv_model, rng, bits, granularity):
@@ -146,6 +160,28 @@ def test_skips_are_reported(conv_model):
     assert "below min-size" in skipped["w1"]
     assert "not a weight input" in skipped["b1"] and "not a weight input" in skipped["fcb"]
     assert {layer.name for layer in r.layers} == {"w2", "fc", "head"}
+
+
+def test_a_sparse_initializer_weight_is_kept_as_stored(rng):
+    """graphsurgeon reads a sparse_initializer as float64 zeros: encoded, it gave a model onnxruntime refused."""
+    dense = rng.standard_normal((64, 64)).astype(np.float32)
+    dense[rng.random((64, 64)) < 0.5] = 0
+    idx = np.flatnonzero(dense).astype(np.int64)
+    values = numpy_helper.from_array(dense.ravel()[idx], "ws")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(idx, "ws_idx"), [64, 64])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])
+    nodes = [helper.make_node("MatMul", ["x", "ws"], ["h"]), helper.make_node("MatMul", ["h", "wd"], ["y"])]
+    dense_w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "wd")
+    graph = helper.make_graph(nodes, "g", [x], [y], [dense_w], sparse_initializer=[sparse])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = StatqPass(QuantConfig(bits=4))(m)
+    assert [layer.name for layer in res.report.layers] == ["wd"]
+    assert "sparse_initializer" in {s.name: s.reason for s in res.report.skipped}["ws"]
+    assert [t.values.name for t in res.model.graph.sparse_initializer] == ["ws"]  # as stored
+    feed = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    assert sqnr(run(m, feed)[0], run(res.model, feed)[0]) > 15
 
 
 def test_exclude_by_name_and_op_type(conv_model):

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import CalibrationError, first_line
 from ..plan import bias_input_delta, bias_values
 from .runtime import cpu_session, release_arena
 
@@ -311,7 +312,13 @@ class StreamExecutor:
             self.sessions += 1
             names = [i.name for i in sess.get_inputs()]
             runs += [(sess, keep, env, {k: env[k] if k in env else weights[k] for k in names}) for env in envs]
-        outputs = self._map(lambda r: r[0].run(r[1], r[3]), runs)
+        try:
+            outputs = self._map(lambda r: r[0].run(r[1], r[3]), runs)
+        except Exception as exc:  # the segments run the model's own nodes: the data is what they cannot take
+            at = nodes[0].name or nodes[0].op_type
+            raise CalibrationError(
+                f"onnxruntime cannot run the model on the calibration data (from node {at}): {first_line(exc, 200)}"
+            ) from None
         for (_, keep, env, _), values in zip(runs, outputs, strict=True):
             env.update(zip(keep, values, strict=True))
             for name in [k for k in env if self.last_use.get(k, -1) < stop]:

@@ -62,7 +62,7 @@ def cpu_session(
     depend on the thread count (the executor's sessions take 1: see :mod:`.executor`); ``shared`` takes memory from
     the process's shared arena (see the module's note). ``model`` may come serialised."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failing run raises, and the executor says it in one line: no log lines of its own
     opts.intra_op_num_threads = threads
     if shared:
         _shared_arena()

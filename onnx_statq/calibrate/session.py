@@ -190,7 +190,7 @@ def _reads_float(plan: LayerPlan, mode: CalibrationMode, compensation: float | N
     only a target with compensation (the float layer's output on float inputs) needs it. With compensation 0 the
     target is the float weights on the quantized inputs, and the statistics the float patches would add are
     multiplied by 0 (``refit._target``): the same refit, bit for bit, without them."""
-    if supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot) is not None:
+    if plan.constant_input or supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot) is not None:
         return False
     return mode == CalibrationMode.INDEPENDENT or compensation_for(plan.op, compensation) != 0.0
 
@@ -214,6 +214,8 @@ def _calibrate_one(
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
         return LayerOutcome(plan.encoded, note=f"data-free: {why}"), 0.0
+    if plan.constant_input:
+        return LayerOutcome(plan.encoded, note="data-free: the layer's data input is a constant"), 0.0
     geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
     feedback = opts.error_feedback and plan.op in FEEDBACK_OPS
     # a held-out half decides whether the feedback assignment generalises, and with few samples how far a refit

@@ -6,6 +6,7 @@ Kept apart from :mod:`.pass_`, which decides what to encode; nothing here looks 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,7 @@ __all__ = [
     "is_float",
     "itemsize",
     "namer",
+    "names_kept",
     "parents",
 ]
 
@@ -184,3 +186,19 @@ def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     if original.graph.doc_string:
         out.graph.doc_string = original.graph.doc_string
     return out
+
+
+@contextlib.contextmanager
+def names_kept(model: onnx.ModelProto) -> Iterator[None]:
+    """Put back the names of ``model``'s tensors afterwards. graphsurgeon exports a constant it imported by writing
+    its name into the very TensorProto it came from, the caller's: an unnamed Constant value came back named ""
+    (a set field), so the input model was no longer the same bytes."""
+    saved = [(t, t.HasField("name"), t.name) for t in onnx.external_data_helper._get_all_tensors(model)]
+    try:
+        yield
+    finally:
+        for t, had, name in saved:
+            if had:
+                t.name = name
+            else:
+                t.ClearField("name")

@@ -34,6 +34,7 @@ from .model_io import (
     export_graph,
     import_graph,
     namer,
+    names_kept,
 )
 from .rows import decode_after_lookup, row_lookup_reason
 from .tables import SharedTables
@@ -67,8 +68,13 @@ class StatqPass:
         self.sensitivity: Sensitivity | None = sensitivity or getattr(refiner, "sensitivities", None)
 
     def __call__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None) -> PassResult:
-        """Quantize ``model``. With ``base_dir``, tensors left in external data files (``load_model(lazy=True)``)
-        are read from that folder one at a time, as each is needed, and the kept ones are read into the output."""
+        """Quantize ``model``, which is left as it was. With ``base_dir``, tensors left in external data files
+        (``load_model(lazy=True)``) are read from that folder one at a time, as each is needed, and the kept ones
+        are read into the output."""
+        with names_kept(model):
+            return self._call(model, base_dir)
+
+    def _call(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None) -> PassResult:
         opset = default_opset(model)
         if opset < MIN_OPSET:
             raise UnsupportedModelError(f"opset {opset} is older than the oldest supported ({MIN_OPSET})")
@@ -277,6 +283,7 @@ class StatqPass:
                     w.values,
                     encoded[id(w)],
                     branch,
+                    isinstance(use.node.inputs[0], gs.Constant),  # MatMul(A, B) of two weights, MatMul(w, w)
                 )
             )
         summary = self.refiner(model, plans)

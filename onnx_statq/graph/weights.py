@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..config import QuantConfig, Resolved, excludes, is_pattern
 from ..errors import ConfigError
@@ -88,6 +89,8 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                 source = constant_source(t)
                 if not isinstance(t, gs.Constant) and source is None:
                     continue
+                if _sparse(t, report, found):
+                    continue
                 w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
                 shape = tuple(int(s) for s in w.values.shape)
                 settings = config.resolve(node.name or "", node.op, t.name)
@@ -131,6 +134,17 @@ def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> 
         raise ConfigError(f"{where} entry {key!r} names no {what} of the model{hint}")
 
 
+def _sparse(t: gs.Tensor, report: Report, found: dict[int, Weight]) -> bool:
+    """A sparse_initializer in a weight slot: left as stored, and reported once. Its values must not be read:
+    graphsurgeon loads one as float64 zeros and would then write that back as a dense initializer."""
+    if not (isinstance(t, gs.Constant) and isinstance(t._values, SparseValues)):
+        return False
+    if not any(s.name == t.name for s in report.skipped):
+        reason = "stored as a sparse_initializer, which the pass leaves as it is"
+        report.skipped.append(SkipRecord(t.name, reason, int(np.prod(t.shape))))
+    return True
+
+
 def _report_other_constants(graph: gs.Graph, found: dict[int, Weight], report: Report) -> None:
     seen: set[int] = set()
     for g in graphs(graph):
@@ -138,6 +152,8 @@ def _report_other_constants(graph: gs.Graph, found: dict[int, Weight], report: R
             for i, t in enumerate(node.inputs):
                 if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
                     seen.add(id(t))
+                    if isinstance(t._values, SparseValues) and any(s.name == t.name for s in report.skipped):
+                        continue  # in a weight slot too: reported as sparse
                     if is_float(t.dtype):
                         size = int(np.prod(t.shape))
                         reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"
