@@ -93,3 +93,18 @@ def test_no_layer_but_a_matmul_falls_more_than_one_bit_below_the_average(rng):
     assert min(widths(QuantConfig(bits=3), conv)) == 2
     assert min(widths(QuantConfig(bits="auto", size_ratio=8.0), conv)) == LO_BITS
     assert min(widths(QuantConfig(bits=4, avg_bits=6.0), matmul)) == LO_BITS
+
+
+def test_weights_too_small_for_float16_keep_float32_levels(rng):
+    """Weights of ~1e-8 round to 0 in float16: per-channel float16 levels made such a layer all zeros (0 dB)."""
+    from onnx_statq.codebook import Granularity, LevelDType, encode_tensor
+    from onnx_statq.codebook.tensor import fits_half
+    from onnx_statq.graph.allocation import Layer, layer_curve
+
+    w = (rng.standard_normal((64, 32, 3, 3)) * 1e-8).astype(np.float32)
+    assert not fits_half(w) and fits_half(w * 1e7) and not fits_half(w * 1e13)  # too small, fine, too large
+    enc = encode_tensor(w, 0, 3, granularity=Granularity.CHANNEL)
+    assert enc.codebook is not None and enc.codebook.level_dtype == LevelDType.FLOAT32
+    assert enc.rel_error < 0.1  # about 0.03 at 3 bits, as for any Gaussian layer
+    predicted = layer_curve(Layer(w, 0, enc), enc, [3])[3]  # predicted without float16's rounding, as encoded
+    assert 0.5 < predicted / enc.rel_error < 2

@@ -71,8 +71,8 @@ def predict_rel_error(w: np.ndarray, axis: int | None, bits: int, per_channel: b
     For one codebook over a tensor with channels, the prediction is for the tensor as a whole (its error over its
     power); the measured figure averages per-channel ratios, so it is higher where channel scales differ a lot.
     """
-    from .tensor import to_groups  # tensor imports this module's callers; keep the import graph acyclic
+    from .tensor import fits_half, to_groups  # tensor imports this module's callers; keep the import graph acyclic
 
     rows = to_groups(np.asarray(w), axis if per_channel and axis is not None and w.ndim > 1 else None)
-    half = per_channel or np.asarray(w).dtype == np.float16
+    half = np.asarray(w).dtype == np.float16 or (per_channel and fits_half(np.asarray(w)))  # as the encoder does
     return predict_curve(rows, [bits], half_levels=half)[bits]

@@ -14,6 +14,7 @@ import numpy as np
 from .assign import assign, decode
 from .fit import fit
 from .packing import packed_bytes
+from .stats import rounding_error
 from .types import Codebook, LevelDType, Method
 
 __all__ = [
@@ -201,9 +202,21 @@ def alternatives(
     return [found[chosen.representation], *(v for r, v in found.items() if r != chosen.representation)]
 
 
+HALF_ROUNDING_MAX = 1e-4  # float16 keeps a tensor if rounding to it costs at most this share of its power (40 dB)
+
+
 def fits_half(w: np.ndarray) -> bool:
-    """Every value fits float16's range (levels stored in float16 would turn larger ones into Inf)."""
-    return w.dtype == np.float16 or bool(np.max(np.abs(w), initial=0.0) <= np.finfo(np.float16).max)
+    """Float16 holds the tensor: no value beyond its range (levels stored in float16 would turn larger ones into
+    Inf) and not so small that it rounds away. Below 6e-5 float16 has subnormals only, and weights of ~1e-8 round
+    to 0: a layer of such weights came out all zeros with float16 levels (weight and output SQNR 0 dB), where its
+    normal-range rounding costs about 1e-7 of the power."""
+    if w.dtype == np.float16:
+        return True
+    if not bool(np.max(np.abs(w), initial=0.0) <= np.finfo(np.float16).max):
+        return False
+    rows = np.asarray(w).reshape(1, -1)
+    power = float(np.mean(np.square(rows, dtype=np.float64)))
+    return power == 0.0 or float(rounding_error(rows)[0]) <= HALF_ROUNDING_MAX * power
 
 
 GOOD_ENOUGH = 1e-4  # 40 dB per channel: nothing left for per-channel codebooks to win (8 bits, mostly)

@@ -15,7 +15,7 @@ import numpy as np
 from ..codebook import EncodedTensor, Representation
 from ..codebook.allocate import HI_BITS, LO_BITS, allocate_options, stored_bits
 from ..codebook.predict import predict_curve
-from ..codebook.tensor import Layout, to_groups
+from ..codebook.tensor import Layout, fits_half, to_groups
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..workers import ordered_map
@@ -90,7 +90,7 @@ def layer_curve(
     per_channel = enc.representation == Representation.CHANNEL
     values = np.asarray(layer.values)
     rows = to_groups(values, layer.axis if per_channel else None)
-    half = per_channel or layer.values.dtype == np.float16
+    half = layer.values.dtype == np.float16 or (per_channel and fits_half(values))  # the levels' type, as encoded
     # one codebook over a tensor is measured per channel (EncodedTensor.rel_error): predict that, not the whole
     # tensor's error, where the channels can disagree
     channels = None if per_channel or layer.axis is None or values.ndim < 2 else to_groups(values, layer.axis)
