@@ -74,7 +74,11 @@ def format_summary(report: Report) -> str:
     if "average_index_bits" in t:
         stored = t.get("average_stored_bits")
         extra = f", {stored:.2f} stored per weight with codebooks" if stored is not None else ""
-        lines.append(f"bits:   {t['average_index_bits']:.2f} per weight on average{extra} ({t['allocation_target']})")
+        avg, target = t["average_index_bits"], t["allocation_target"]
+        if avg is None:  # the allocation put every layer in float16 (a high SQNR target)
+            lines.append(f"bits:   no codebook: every weight the allocation chose is float16{extra} ({target})")
+        else:
+            lines.append(f"bits:   {avg:.2f} per weight on average{extra} ({target})")
     if report.calibration:
         c = report.calibration
         sq = c.get("model_output_sqnr_db")

@@ -134,6 +134,16 @@ def test_cli_target_sqnr_is_met_by_every_layer(tmp_path):
         assert layer["predicted_rel_error"] is not None
 
 
+def test_a_target_only_float16_meets_is_said_so(tmp_path):
+    """No layer reaches 70 dB with a codebook, so every one is float16: the summary printed '4.00 per weight'."""
+    out = tmp_path / "q.onnx"
+    r = cli(str(DIGITS), "-o", str(out), "--bits", "auto", "--target-sqnr", "70", "--no-verify")
+    assert r.returncode == 0, r.stderr
+    assert "bits:   no codebook: every weight the allocation chose is float16" in r.stdout
+    r = cli(str(DIGITS), "-o", str(out), "--bits", "auto", "--target-sqnr", "70", "--no-verify", "--json")
+    assert json.loads(r.stdout)["totals"]["average_index_bits"] is None
+
+
 def test_cli_size_ratio_is_reached_and_unreachable_ratio_is_one_line(tmp_path):
     out = tmp_path / "q.onnx"
     r = cli(str(DIGITS), "-o", str(out), "--bits", "auto", "--size-ratio", "9", "--json")

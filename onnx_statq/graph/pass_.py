@@ -206,7 +206,7 @@ class StatqPass:
             report.predicted[w.tensor.name] = curve[min(b, HI_BITS)]
         books = [(int(w.values.size), b) for w, b in zip(free, choice.bits, strict=True) if encoded[id(w)].codebook]
         report.totals["average_index_bits"] = (
-            sum(n * b for n, b in books) / max(sum(n for n, _ in books), 1) if books else float(self.config.bits)
+            sum(n * b for n, b in books) / max(sum(n for n, _ in books), 1) if books else None  # all float16
         )
         sizes = sum(int(w.values.size) for w in free)
         report.totals["average_stored_bits"] = 8 * sum(encoded[id(w)].stored_bytes for w in free) / max(sizes, 1)
