@@ -206,6 +206,12 @@ class _OutputStats:
             self.same = self.same and xa.shape == ya.shape and xa.ravel().tolist() == ya.ravel().tolist()
             return
         x64, y64 = xa.astype(np.float64), ya.astype(np.float64)
+        if x64.shape == y64.shape and not np.isfinite(x64).all():  # the float model itself overflowed there
+            kept = np.isfinite(x64)
+            x64, y64 = x64[kept], y64[kept]
+        if not np.isfinite(y64).all():  # the quantized one did where the float one did not: as bad as it gets
+            self.noise = math.inf
+            return
         self.signal += float(np.sum(x64**2))
         self.noise += float(np.sum((x64 - y64) ** 2))
         if xa.dtype.kind == "f" and xa.ndim >= 2 and xa.shape[-1] >= 2 and xa.shape == ya.shape and xa.size:

@@ -124,3 +124,21 @@ def test_random_inputs_the_float_model_refuses_point_to_verify_data(tmp_path, dy
     assert res.returncode == 0, res.stderr
     assert "verify: skipped: the float model fails on generated inputs (dynamic dims get small sizes)" in res.stdout
     assert "verify: note: --verify-data DATA runs the check on your inputs" in res.stdout
+
+
+def test_positions_where_the_float_model_overflows_are_left_out_of_the_sqnr():
+    """A float16 model whose own output overflows on random inputs read 'nan dB' with a numpy RuntimeWarning."""
+    import math
+    import warnings
+
+    from onnx_statq.verify import _OutputStats
+
+    ref = np.array([[1.0, np.inf, 3.0]], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning
+        same_overflow = _OutputStats()
+        same_overflow.add(ref, np.array([[1.0, np.inf, 3.5]], np.float16))
+        assert same_overflow.sqnr_db() == pytest.approx(10 * math.log10(10 / 0.25))  # the finite positions
+        new_overflow = _OutputStats()
+        new_overflow.add(ref, np.array([[np.inf, np.inf, 3.0]], np.float16))
+        assert new_overflow.sqnr_db() == -math.inf  # the quantized model overflows where the float one did not
