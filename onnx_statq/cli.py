@@ -124,7 +124,7 @@ def main() -> None:
     "--exclude",
     multiple=True,
     help="Node name, weight name (the table's), op type or glob pattern ('*attention*') to leave in float "
-    "(repeatable).",
+    "(repeatable); an If, Loop or Scan node takes its bodies' weights with it.",
 )
 @click.option(
     "--min-size", type=click.IntRange(1), default=None, help=f"Skip weights with fewer elements. [{DEFAULT_MIN_SIZE}]"

@@ -347,6 +347,9 @@ def test_weights_inside_and_outside_if_subgraphs(make_model, rng):
     m = make_model(nodes, [x, c], [y], {"outer": outer})
     report = StatqPass(QuantConfig(bits=6))(m).report
     assert {layer.name for layer in report.layers} == {"outer", "inner"}
+    for holder in ("if", "If", "i?"):  # the If by name, by op type, by pattern: the weights it holds (it excluded none)
+        with pytest.raises(NoWeightsError, match="2 excluded"):
+            StatqPass(QuantConfig(bits=6, exclude=(holder,)))(m)
     q = quantize(m, bits=6)
     onnx.checker.check_model(q, full_check=True)
     xv = rng.standard_normal((1, 64)).astype(np.float32)

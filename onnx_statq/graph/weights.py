@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -80,6 +80,7 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     found: dict[int, Weight] = {}
     # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
     homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
+    held = _excluded_holders(graph, config)
     for g in graphs(graph):
         for node in g.nodes:
             for slot in weight_slots(node.op, node.domain or ""):
@@ -94,6 +95,8 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                 w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
                 shape = tuple(int(s) for s in w.values.shape)
                 settings = config.resolve(node.name or "", node.op, t.name)
+                if id(g) in held and not settings.skip:  # inside an If / Loop / Scan that --exclude names
+                    settings = replace(settings, skip=True)
                 w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
     parent = parents(graph)
     for w in found.values():
@@ -102,6 +105,27 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     _report_other_constants(graph, found, report)
     check_names(graph, list(found.values()), config)
     return list(found.values())
+
+
+def _excluded_holders(graph: gs.Graph, config: QuantConfig) -> set[int]:
+    """The subgraphs (by id) inside a node that ``exclude`` names (an If, Loop or Scan, by node name or op type),
+    at any depth: excluding the node that holds a branch excludes the weights in it, as a user naming it means."""
+    out: set[int] = set()
+
+    def visit(g: gs.Graph, inside: bool) -> None:
+        for node in g.nodes:
+            named = {node.name or "", node.op} - {""}
+            held = inside or any(excludes(e, named) for e in config.exclude)
+            for attr in node.attrs.values():
+                for sub in attr if isinstance(attr, list) else [attr]:
+                    if isinstance(sub, gs.Graph):
+                        if held:
+                            out.add(id(sub))
+                        visit(sub, held)
+
+    if config.exclude:
+        visit(graph, False)
+    return out
 
 
 def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> None:
