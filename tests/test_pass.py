@@ -191,6 +191,15 @@ def test_exclude_by_name_and_op_type(conv_model):
     assert sum("excluded" in s.reason for s in r.skipped) == 2
 
 
+def test_an_exclude_that_leaves_nothing_float_is_warned_about(conv_model, caplog):
+    m = conv_model()
+    idle = "Relu"  # an op of the model that reads no weight
+    with caplog.at_level("WARNING", logger="onnx_statq"):
+        StatqPass(QuantConfig(exclude=(idle, "conv2"), min_size=100))(m)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"exclude entry {idle!r} names no node that reads a weight: it leaves nothing float"]
+
+
 def test_exclude_and_node_settings_take_weight_names(conv_model):
     # a model with unnamed nodes offers only the weight names the report's table shows
     r = StatqPass(QuantConfig(exclude=("w2",), min_size=100))(conv_model()).report

@@ -80,7 +80,7 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     found: dict[int, Weight] = {}
     # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
     homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
-    held = _excluded_holders(graph, config)
+    held = _excluded_holders(graph, config.exclude)
     for g in graphs(graph):
         for node in g.nodes:
             for slot in weight_slots(node.op, node.domain or ""):
@@ -104,18 +104,32 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
             w.scope = enclosing(parent, [u.graph for u in w.uses])
     _report_other_constants(graph, found, report)
     check_names(graph, list(found.values()), config)
+    _warn_idle_excludes(graph, list(found.values()), config)
     return list(found.values())
 
 
-def _excluded_holders(graph: gs.Graph, config: QuantConfig) -> set[int]:
-    """The subgraphs (by id) inside a node that ``exclude`` names (an If, Loop or Scan, by node name or op type),
-    at any depth: excluding the node that holds a branch excludes the weights in it, as a user naming it means."""
+def _warn_idle_excludes(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> None:
+    """An ``exclude`` entry that names a node of the model but leaves no weight float (a Relu, a Reshape): legal,
+    since one config may serve many models, but on the command line most likely a slip. Said once each."""
+    names = {x for w in weights for u in w.uses for x in (u.node.name, u.node.op, w.tensor.name) if x}
+    for entry in config.exclude:
+        if excludes(entry, names):
+            continue
+        held = _excluded_holders(graph, (entry,))
+        if not any(id(u.graph) in held for w in weights for u in w.uses):
+            logger.warning("exclude entry %r names no node that reads a weight: it leaves nothing float", entry)
+
+
+def _excluded_holders(graph: gs.Graph, entries: tuple[str, ...]) -> set[int]:
+    """The subgraphs (by id) inside a node that an entry of ``entries`` names (an If, Loop or Scan, by node name or
+    op type), at any depth: excluding the node that holds a branch excludes the weights in it, as a user naming it
+    means."""
     out: set[int] = set()
 
     def visit(g: gs.Graph, inside: bool) -> None:
         for node in g.nodes:
             named = {node.name or "", node.op} - {""}
-            held = inside or any(excludes(e, named) for e in config.exclude)
+            held = inside or any(excludes(e, named) for e in entries)
             for attr in node.attrs.values():
                 for sub in attr if isinstance(attr, list) else [attr]:
                     if isinstance(sub, gs.Graph):
@@ -123,7 +137,7 @@ def _excluded_holders(graph: gs.Graph, config: QuantConfig) -> set[int]:
                             out.add(id(sub))
                         visit(sub, held)
 
-    if config.exclude:
+    if entries:
         visit(graph, False)
     return out
 
