@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -319,14 +321,32 @@ def _refuse_clobbering(opts: dict[str, Any]) -> None:
                 raise OutputError(f"{what} path {path} would overwrite the input {src}; inputs are never overwritten")
     report = opts.get("report_file")
     if report is not None:
-        if os.path.realpath(report) == os.path.realpath(opts["output"]):
+        written = [opts["output"]]
+        if opts.get("out_format") == "ort":  # what --format ort writes instead of the output path itself
+            from .mobile import ort_path
+            from .mobile.ort_format import CONFIG_SUFFIX
+
+            ort = ort_path(opts["output"])
+            written += [ort, ort.with_name(ort.stem + CONFIG_SUFFIX)]
+        if any(os.path.realpath(report) == os.path.realpath(p) for p in written):
             raise OutputError(f"the report and the output are the same file: {report}")
         if not os.path.isdir(report.parent) or os.path.isdir(report):
             raise OutputError(f"cannot write the report {report}: no such folder, or it is a folder")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C: its default action ends the process
+    at once, and left the staging folders (``.statq-*``, with a partial output in them) behind."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def _run(job: Any) -> None:
     """Turn every failure into one line on stderr and a distinct exit code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         job()
     except StatqError as exc:
@@ -334,9 +354,9 @@ def _run(job: Any) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("onnx-statq: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, _Terminated) else 130)
     except Exception as exc:
         if os.environ.get("STATQ_DEBUG"):
             raise

@@ -51,6 +51,8 @@ class LayerSettings:
             object.__setattr__(self, "method", _enum(Method, self.method, "method"))
         if self.granularity is not None:
             object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
+        if not isinstance(self.skip, bool):  # skip = "no" is a non-empty string: it excluded the nodes
+            raise ConfigError(f"skip must be true or false, got {self.skip!r}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class QuantConfig:
         object.__setattr__(self, "allocation", _enum(Allocation, self.allocation, "allocation"))
         if isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 1:
             raise ConfigError(f"min_size must be a positive integer, got {self.min_size!r}")
-        if not isinstance(self.channel_tolerance, (int, float)) or not self.channel_tolerance >= 1.0:
+        tolerance = self.channel_tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 1.0:
             raise ConfigError(f"channel_tolerance must be a number >= 1, got {self.channel_tolerance!r}")
         if self.avg_bits is not None and (
             isinstance(self.avg_bits, bool)

@@ -118,6 +118,8 @@ def test_config_targets_are_validated():
         {"allocation": "fixed", "target_sqnr": 20},
         {"size_ratio": 0.5},
         {"target_sqnr": "high"},
+        {"op_types": {"Conv": {"skip": "no"}}},  # a non-empty string: it excluded every Conv
+        {"channel_tolerance": True},
     ):
         with pytest.raises(ConfigError):
             QuantConfig.from_dict(bad)

@@ -199,6 +199,31 @@ def test_calibration_data_the_float_model_cannot_run_is_a_calibration_error(rng)
         quantize(m, calib=[{"x": rng.standard_normal((8, 64)).astype(np.float32)}])
 
 
+def test_calibration_data_as_an_npz_mapping_and_what_is_not_data(digits):
+    """np.load's NpzFile or a dict of arrays is taken as an .npz (samples first); it failed with 'unexpected
+    ['i', 'n', 'p', 'u', 't']', and a bare array with 'unhashable type'."""
+    m, _, _ = digits
+    specs = model_inputs(m)
+    with np.load(CALIB) as npz:
+        from_mapping = load_calibration(npz, specs, 20)
+    from_file = load_calibration(CALIB, specs, 20)
+    assert [f["input"].tolist() for f in from_mapping] == [f["input"].tolist() for f in from_file]
+    arr = np.load(CALIB)["input"]
+    with pytest.raises(CalibrationError, match="not ndarray"):
+        load_calibration(arr, specs)
+    with pytest.raises(CalibrationError, match="feed 0 is a ndarray"):
+        load_calibration([arr[:4]], specs)
+
+
+def test_int16_inputs_are_typed_like_the_others():
+    """int16 was missing from the type table, so int64 data of 40000 went to an int16 input unchecked."""
+    x = helper.make_tensor_value_info("u", TensorProto.INT16, ["N", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["u"], ["y"])], "g", [x], [x])
+    specs = model_inputs(helper.make_model(graph))
+    with pytest.raises(CalibrationError, match="outside the range of int16"):
+        load_calibration([{"u": np.array([[1, 40000]], np.int64)}], specs)
+
+
 def test_folder_of_feeds(tmp_path, digits):
     m, _, _ = digits
     arr = np.load(CALIB)["input"]

@@ -247,3 +247,34 @@ def test_long_names_are_cut_in_the_middle_where_the_table_shows_them():
     assert name.startswith(cut.split("...")[0]) and name.endswith(cut.split("...")[1])
     assert cut.endswith("reparam_conv.weight")  # the end, where exported names differ, is kept
     assert short_name("conv1.weight") == "conv1.weight"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_is_an_interruption_with_cleanup(capsys):
+    """SIGTERM's default action ended the process at once, leaving .statq-* staging folders; it now unwinds as
+    Ctrl-C does (finally blocks run) and exits 143."""
+    import signal
+    import threading
+    import time
+
+    from onnx_statq import cli as statq_cli
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are set from the main thread only")
+    cleaned = []
+
+    def job() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            statq_cli._run(job)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert exit_.value.code == 143 and cleaned == [True]
+    assert capsys.readouterr().err.strip() == "onnx-statq: interrupted"

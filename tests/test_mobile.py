@@ -149,6 +149,29 @@ def test_format_ort_failure_leaves_nothing(conv_model, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_check_a_model_without_inputs(tmp_path):
+    """Its graph folds to constants, and onnxruntime's usability checker divided by its 0 nodes (exit 70)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], np.ones(64 * 64, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    res = invoke("check", str(tmp_path / "m.onnx"), "--json")
+    assert res.exit_code == 0, res.output
+
+
+def test_format_ort_report_cannot_take_the_ort_files_name(conv_file, tmp_path):
+    out = tmp_path / "q.onnx"
+    for report in ("q.ort", "q.required_operators.config"):
+        res = invoke(str(conv_file), "-o", str(out), "--format", "ort", "--report", str(tmp_path / report))
+        assert res.exit_code == 6 and "the report and the output are the same file" in res.output
+    assert list(tmp_path.iterdir()) == [conv_file]
+
+
 def test_check_good_model(conv_file):
     res = invoke("check", str(conv_file))
     assert res.exit_code == 0, res.output

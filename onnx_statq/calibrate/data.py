@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -28,6 +28,10 @@ _ELEM = {
     onnx.TensorProto.INT32: np.int32,
     onnx.TensorProto.INT8: np.int8,
     onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.UINT16: np.uint16,
+    onnx.TensorProto.UINT32: np.uint32,
+    onnx.TensorProto.UINT64: np.uint64,
     onnx.TensorProto.BOOL: np.bool_,
 }
 
@@ -95,10 +99,14 @@ def _read_npz(path: Path, what: str = "calibration") -> dict[str, np.ndarray]:
 
 def _from_npz(path: Path, batch: int, what: str) -> Iterator[dict[str, np.ndarray]]:
     """Arrays named like the inputs, samples on the first axis, cut into batches."""
-    arrays = _read_npz(path, what)
+    return _batched(_read_npz(path, what), batch, what, str(path))
+
+
+def _batched(arrays: dict[str, Any], batch: int, what: str, where: str) -> Iterator[dict[str, np.ndarray]]:
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
     sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(sizes) != 1 or 0 in sizes:
-        raise CalibrationError(f"{path}: every array needs the same number of samples on its first axis")
+        raise CalibrationError(f"{where}: every array needs the same number of samples on its first axis")
     n = sizes.pop()
     for start in range(0, n, batch):
         yield {k: a[start : start + batch] for k, a in arrays.items()}
@@ -137,17 +145,27 @@ def load_calibration(
             raise CalibrationError(f"no such {what} file or folder: {p}")
     elif hasattr(source, "get_next"):
         items = _reader_iter(source)
+    elif isinstance(source, Mapping):  # np.load's NpzFile, or a dict of arrays: as an .npz, samples first
+        items = _batched(dict(source), batch, what, f"the {what} mapping")
+    elif isinstance(source, np.ndarray) or not isinstance(source, Iterable):
+        raise CalibrationError(
+            f"{what} data must be an .npz path or folder, a mapping of input names to arrays, an iterable of such "
+            f"feeds or a CalibrationDataReader, not {type(source).__name__}"
+        )
     else:
-        items = source
+        items = cast(Iterable[Mapping[str, Any]], source)
     feeds, count = [], 0
     for i, item in enumerate(items):
         if max_samples is not None and count >= max_samples:
             break
+        if not isinstance(item, Mapping):
+            raise CalibrationError(f"{what} feed {i} is a {type(item).__name__}, not a dict of input names to arrays")
         feed = _check_feed(item, specs, f"{what} feed {i}")
         samples = feed_samples(feed)
         if samples == 0:  # an empty batch would calibrate on nothing and say nothing
             raise CalibrationError(f"{what} feed {i} holds no sample (its first axis is 0)")
-        if max_samples is not None and isinstance(source, (str, Path)) and Path(source).is_file():
+        first_axis = isinstance(source, Mapping) or (isinstance(source, (str, Path)) and Path(source).is_file())
+        if max_samples is not None and first_axis:
             take = min(samples, max_samples - count)
             feed = {k: v[:take] for k, v in feed.items()}
             count += take

@@ -242,15 +242,21 @@ def _coverage(model: onnx.ModelProto, view: str) -> list[EPCoverage]:
                 nodes=loose.num_nodes,
                 supported_nodes=strict.num_supported_nodes if strict else 0,
                 partitions=strict.num_partitions if strict else 0,
-                suitability=strict.suitability().name if strict else "unknown",
+                suitability=_suitability(strict) if strict else "unknown",
                 supported_nodes_fixed=loose.num_supported_nodes,
                 partitions_fixed=loose.num_partitions,
-                suitability_fixed=loose.suitability().name,
+                suitability_fixed=_suitability(loose),
                 unsupported_ops=sorted(loose.unsupported_ops),
                 caveats=loose.supported_ops_checker.get_caveats(),
             )
         )
     return out
+
+
+def _suitability(partitions: Any) -> str:
+    """The checker's verdict; it divides by the node count, which is 0 for a graph that folds to constants (a model
+    without inputs, once its decode is folded)."""
+    return str(partitions.suitability().name) if partitions.num_nodes else "no nodes"
 
 
 def _basic_optimized(path: Path, tmp: Path) -> onnx.ModelProto | None:
