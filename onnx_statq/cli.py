@@ -237,6 +237,9 @@ def quantize(**opts: Any) -> None:
     _run(lambda: _quantize(**opts))
 
 
+_TARGETS = ("avg_bits", "size_ratio", "target_sqnr")
+
+
 def _config(opts: dict[str, Any]) -> QuantConfig:
     """The config file's settings (or the defaults) with the flags given on top; ``inspect`` passes only some."""
     config = QuantConfig.from_file(opts["config_file"]) if opts.get("config_file") else QuantConfig()
@@ -255,6 +258,10 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
     overrides: dict[str, Any] = {k: opts[k] for k in keys if opts.get(k) is not None}
     if isinstance(overrides.get("bits"), int):
         overrides["auto_bits"] = False
+    given = {k for k in _TARGETS if k in overrides}
+    if opts.get("config_file") and (given or isinstance(opts.get("bits"), int) or opts.get("allocation") == "fixed"):
+        # a target on the command line replaces the file's: they are exclusive, and the flags win
+        overrides.update({k: None for k in _TARGETS if k not in given})
     if opts.get("exclude"):
         overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])
     return config.with_options(**overrides)

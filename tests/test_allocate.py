@@ -215,3 +215,22 @@ def test_a_settings_table_that_is_not_one_is_named(table):
     """``nodes = 5`` in a config file used to fail as "bad config: 'int' object is not iterable"."""
     with pytest.raises(ConfigError, match=rf"^{table} must be a table of .* to settings, got 5$"):
         QuantConfig.from_dict({table: 5})
+
+
+def test_a_target_flag_replaces_the_config_files_target(tmp_path):
+    """The README says flags override the config file; a file's target and another one given as a flag were an
+    error ('give one target'), or the file's silently won over --bits."""
+    sqnr_file, avg_file = tmp_path / "a.toml", tmp_path / "b.toml"
+    sqnr_file.write_text('bits = "auto"\ntarget_sqnr = 20\n')
+    avg_file.write_text("avg_bits = 3\n")
+    cases = [
+        (sqnr_file, ["--size-ratio", "8"], {"size_ratio": 8.0, "target_sqnr": None}),
+        (sqnr_file, ["--bits", "4"], {"bits": 4, "target_sqnr": None}),
+        (avg_file, ["--bits", "5"], {"bits": 5, "avg_bits": None}),
+        (avg_file, ["--allocation", "fixed"], {"allocation": "fixed", "avg_bits": None}),
+    ]
+    for config, flags, want in cases:
+        r = cli(str(DIGITS), "-o", str(tmp_path / "q.onnx"), "--config", str(config), *flags, "--no-verify", "--json")
+        assert r.returncode == 0, (flags, r.stderr)
+        got = json.loads(r.stdout)["config"]
+        assert {k: got[k] for k in want} == want, flags
