@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from .api import DEFAULT_CALIB_MASK, DEFAULT_CALIB_SAMPLES, DEFAULT_COMPENSATION, VERIFY_MAX_SAMPLES, quantize_file
 from .codebook import Granularity, Method
 from .config import DEFAULT_MIN_SIZE, QuantConfig
-from .errors import OutputError, StatqError
+from .errors import ConfigError, OutputError, StatqError
 from .io import write_text_atomic
 from .plan import CalibrationMode
 from .summary import format_summary
@@ -234,7 +235,31 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or table.")
 def quantize(**opts: Any) -> None:
     """Quantize MODEL and write it to OUTPUT."""
-    _run(lambda: _quantize(**opts))
+    given = _given_on_command_line(click.get_current_context())
+    _run(lambda: _quantize(**opts, _given=given))
+
+
+_CALIB_ONLY = {
+    "calib_samples": "--calib-samples",
+    "calib_compensation": "--calib-compensation",
+    "calib_mask": "--calib-mask",
+    "sensitivity": "--calib-sensitivity",
+}
+
+
+def _given_on_command_line(ctx: click.Context) -> set[str]:
+    return {
+        p.name for p in ctx.command.params if p.name and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    }
+
+
+def _refuse_idle_calib_options(opts: dict[str, Any], given: set[str]) -> None:
+    """A calibration option without --calib does nothing: say so, as --verify-data with --no-verify does, instead of
+    leaving the user to believe a mask or sensitivities were used (a misspelt --calib-mask name passed unseen)."""
+    if opts.get("calib") is None:
+        idle = [flag for name, flag in _CALIB_ONLY.items() if name in given]
+        if idle:
+            raise ConfigError(f"{', '.join(idle)} only act{'s' if len(idle) == 1 else ''} with --calib DATA")
 
 
 _TARGETS = ("avg_bits", "size_ratio", "target_sqnr")
@@ -267,7 +292,8 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
     return config.with_options(**overrides)
 
 
-def _quantize(**opts: Any) -> None:
+def _quantize(_given: set[str] | frozenset[str] = frozenset(), **opts: Any) -> None:
+    _refuse_idle_calib_options(opts, set(_given))
     _refuse_clobbering(opts)
     config = _config(opts)
     show = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()

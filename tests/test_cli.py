@@ -278,3 +278,19 @@ def test_sigterm_is_an_interruption_with_cleanup(capsys):
         signal.signal(signal.SIGTERM, before)
     assert exit_.value.code == 143 and cleaned == [True]
     assert capsys.readouterr().err.strip() == "onnx-statq: interrupted"
+
+
+def test_calibration_options_without_calib_data_are_refused(tmp_path):
+    """They did nothing, silently: a misspelt --calib-mask name passed unseen, and the report said sensitivity on."""
+    out = tmp_path / "q.onnx"
+    for flags, named in (
+        (["--calib-mask", "no_such_input"], "--calib-mask only acts"),
+        (["--calib-sensitivity", "--calib-samples", "8"], "--calib-samples, --calib-sensitivity only act"),
+    ):
+        res = cli(str(DIGITS), "-o", str(out), "--no-verify", *flags)
+        assert res.returncode == 2 and named in res.stderr and res.stderr.count("\n") == 1, res.stderr
+        assert not out.exists()
+    assert (
+        cli(str(DIGITS), "-o", str(out), "--no-verify", "--calib-samples", "8", "--calib", str(DIGITS_CALIB)).returncode
+        == 0
+    )
