@@ -146,6 +146,7 @@ def test_format_ort_failure_leaves_nothing(conv_model, tmp_path):
     res = invoke(str(src), "-o", str(out / "q.onnx"), "--format", "ort", "--no-verify")
     assert res.exit_code == OutputError.exit_code, res.output
     assert "ORT format" in res.output and len(res.output.strip().splitlines()) == 1
+    assert ".statq" not in res.output  # not the path of the staged copy, which is gone by then
     assert list(out.iterdir()) == []
 
 

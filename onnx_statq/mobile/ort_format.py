@@ -92,8 +92,8 @@ def write_ort(
             try:
                 with _quiet():
                     _convert(src, tmp_ort, fold)
-            except Exception as exc:
-                first = first_line(exc, 300)
+            except Exception as exc:  # name the model as the user knows it, not by its staged copy's path
+                first = first_line(exc, 300).replace(f"from {src} failed:", "failed: ")
                 raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first}") from None
             tmp_ort.write_bytes(canonical_ort(tmp_ort.read_bytes()))  # the same bytes on every run
             staged = [(tmp_ort, out)]
