@@ -199,6 +199,8 @@ def test_check_quantized_model_and_its_ort(conv_file, tmp_path):
     res = invoke("check", str(tmp_path / "q.ort"))
     assert res.exit_code == 0, res.output
     assert "is ORT format" in res.output and "loads and runs" in res.output
+    assert check_model(tmp_path / "q.ort").has_decode  # read from the .ort's own nodes (it said false)
+    assert not check_model(conv_file).has_decode
 
 
 @pytest.mark.parametrize("domain, op", [("com.example", "Frobnicate"), ("com.microsoft", "ComplexMul")])

@@ -318,6 +318,17 @@ def check_model(
     return result
 
 
+def _ort_has_decode(p: Path) -> bool:
+    """Whether the .ort's main graph holds onnx-statq decode nodes (``--format ort`` keeps them in the file)."""
+    from .ort_canonical import ort_schema
+
+    try:
+        graph = ort_schema().InferenceSession.InferenceSession.GetRootAs(p.read_bytes(), 0).Model().Graph()
+        return any((graph.Nodes(i).Name() or b"").startswith(b"statq") for i in range(graph.NodesLength()))
+    except Exception:  # a layout this reader does not know: say no decode rather than fail the check
+        return False
+
+
 def _check_ort(p: Path, progress: Callable[[str], None] | None, data: Any) -> CheckResult:
     result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
     with tempfile.TemporaryDirectory(prefix="statq-check-") as tmp:
@@ -333,6 +344,7 @@ def _check_ort(p: Path, progress: Callable[[str], None] | None, data: Any) -> Ch
         progress("onnxruntime CPU")
     run_cpu(p, data, into=result)
     if lines:
+        result.has_decode = _ort_has_decode(p)
         result.ort_format = {
             "ok": True,
             "bytes": result.file_bytes,

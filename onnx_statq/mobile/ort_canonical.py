@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["ALIGN", "canonical_ort"]
+__all__ = ["ALIGN", "canonical_ort", "ort_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class _UnexpectedLayoutError(Exception):
     """The file is not laid out as this module expects."""
 
 
-def _fbs() -> Any:
+def ort_schema() -> Any:
+    """onnxruntime's generated flatbuffer classes for the ORT format, shipped with its tools."""
     import onnxruntime.tools.ort_format_model  # noqa: F401  (puts ort_flatbuffers_py on sys.path)
     from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
 
@@ -62,7 +63,7 @@ def canonical_ort(data: bytes) -> bytes | memoryview:
 def _canonical(data: bytes) -> memoryview:
     import flatbuffers
 
-    fbs = _fbs()
+    fbs = ort_schema()
     root = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0)
     _known_fields(root, _ROOT_FIELDS, "the root table")
     model, resolver = root.Model(), root.KernelTypeStrResolver()
