@@ -12,7 +12,7 @@ from typing import Any, overload
 
 import onnx
 
-from .config import QuantConfig
+from .config import ConfigLike, QuantConfig
 from .errors import ConfigError, ExternalDataError, OutputError
 from .graph.pass_ import PassResult, StatqPass
 from .io import ZipSizer, load_model, read_external, save_model, zipped_size
@@ -119,9 +119,6 @@ def make_refiner(
     if compensation is not None and not 0.0 <= compensation <= 1.0:
         raise ConfigError(f"calibration compensation must be between 0 and 1, got {compensation}")
     return _Calibration(feeds, mode, progress, compensation, jobs, mask_input)
-
-
-ConfigLike = QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 
 @overload

@@ -292,8 +292,8 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
     return config.with_options(**overrides)
 
 
-def _quantize(_given: set[str] | frozenset[str] = frozenset(), **opts: Any) -> None:
-    _refuse_idle_calib_options(opts, set(_given))
+def _quantize(_given: set[str], **opts: Any) -> None:
+    _refuse_idle_calib_options(opts, _given)
     _refuse_clobbering(opts)
     config = _config(opts)
     show = not opts["quiet"] and not opts["as_json"] and sys.stderr.isatty()
@@ -356,11 +356,10 @@ def _refuse_clobbering(opts: dict[str, Any]) -> None:
     if report is not None:
         written = [opts["output"]]
         if opts.get("out_format") == "ort":  # what --format ort writes instead of the output path itself
-            from .mobile import ort_path
-            from .mobile.ort_format import CONFIG_SUFFIX
+            from .mobile.ort_format import config_path, ort_path
 
             ort = ort_path(opts["output"])
-            written += [ort, ort.with_name(ort.stem + CONFIG_SUFFIX)]
+            written += [ort, config_path(ort)]
         if any(os.path.realpath(report) == os.path.realpath(p) for p in written):
             raise OutputError(f"the report and the output are the same file: {report}")
         if not os.path.isdir(report.parent) or os.path.isdir(report):

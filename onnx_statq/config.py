@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -21,7 +22,17 @@ from .codebook.allocate import LO_BITS
 from .errors import ConfigError
 from .workers import default_jobs
 
-__all__ = ["Allocation", "Granularity", "LayerSettings", "Method", "QuantConfig", "Resolved", "excludes", "is_pattern"]
+__all__ = [
+    "Allocation",
+    "ConfigLike",
+    "Granularity",
+    "LayerSettings",
+    "Method",
+    "QuantConfig",
+    "Resolved",
+    "excludes",
+    "is_pattern",
+]
 
 
 class Allocation(enum.StrEnum):
@@ -215,6 +226,10 @@ class QuantConfig:
                 f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {exc}"
             ) from None
         return cls.from_dict(data)
+
+
+# what the Python API takes as a config: one, its options as a mapping, or a .json / .toml file (api._config)
+ConfigLike = QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 
 def _refuse_unknown(keys: Mapping[str, Any], what: str) -> None:

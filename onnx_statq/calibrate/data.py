@@ -69,11 +69,11 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
                 raise CalibrationError(
                     f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
                 )
-            cast = arr.astype(s.dtype)
-            narrowed = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(cast.dtype, np.integer)
-            if narrowed and not np.array_equal(cast, arr):  # int64 -> int8 wraps (int -> float only rounds)
-                raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {cast.dtype}")
-            arr = cast
+            converted = arr.astype(s.dtype)
+            narrowed = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(converted.dtype, np.integer)
+            if narrowed and not np.array_equal(converted, arr):  # int64 -> int8 wraps (int -> float only rounds)
+                raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {converted.dtype}")
+            arr = converted
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
             raise CalibrationError(f"{where}: input {s.name} holds NaN or Inf values")
         if s.shape and arr.ndim != len(s.shape):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -81,6 +82,7 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
     homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
     held = _excluded_holders(graph, config.exclude)
+    sparse: dict[int, gs.Constant] = {}  # sparse_initializers in weight slots: left as stored, in order found
     for g in graphs(graph):
         for node in g.nodes:
             for slot in weight_slots(node.op, node.domain or ""):
@@ -90,7 +92,8 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                 source = constant_source(t)
                 if not isinstance(t, gs.Constant) and source is None:
                     continue
-                if _sparse(t, report, found):
+                if isinstance(t, gs.Constant) and isinstance(t._values, SparseValues):  # see _report_sparse
+                    sparse.setdefault(id(t), t)
                     continue
                 w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
                 shape = tuple(int(s) for s in w.values.shape)
@@ -102,7 +105,8 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     for w in found.values():
         if w.source is None:
             w.scope = enclosing(parent, [u.graph for u in w.uses])
-    _report_other_constants(graph, found, report)
+    _report_sparse(list(sparse.values()), report)
+    _report_other_constants(graph, found.keys() | sparse, report)
     check_names(graph, list(found.values()), config)
     _warn_idle_excludes(graph, list(found.values()), config)
     return list(found.values())
@@ -172,26 +176,21 @@ def check_names(graph: gs.Graph, weights: list[Weight], config: QuantConfig) -> 
         raise ConfigError(f"{where} entry {key!r} names no {what} of the model{hint}")
 
 
-def _sparse(t: gs.Tensor, report: Report, found: dict[int, Weight]) -> bool:
-    """A sparse_initializer in a weight slot: left as stored, and reported once. Its values must not be read:
-    graphsurgeon loads one as float64 zeros and would then write that back as a dense initializer."""
-    if not (isinstance(t, gs.Constant) and isinstance(t._values, SparseValues)):
-        return False
-    if not any(s.name == t.name for s in report.skipped):
+def _report_sparse(sparse: list[gs.Constant], report: Report) -> None:
+    """sparse_initializers in weight slots, once each. Their values are never read: graphsurgeon loads one as
+    float64 zeros and would then write that back as a dense initializer."""
+    for t in sparse:
         reason = "stored as a sparse_initializer, which the pass leaves as it is"
         report.skipped.append(SkipRecord(t.name, reason, int(np.prod(t.shape))))
-    return True
 
 
-def _report_other_constants(graph: gs.Graph, found: dict[int, Weight], report: Report) -> None:
+def _report_other_constants(graph: gs.Graph, found: Collection[int], report: Report) -> None:
     seen: set[int] = set()
     for g in graphs(graph):
         for node in g.nodes:
             for i, t in enumerate(node.inputs):
                 if isinstance(t, gs.Constant) and id(t) not in found and id(t) not in seen:
                     seen.add(id(t))
-                    if isinstance(t._values, SparseValues) and any(s.name == t.name for s in report.skipped):
-                        continue  # in a weight slot too: reported as sparse
                     if is_float(t.dtype):
                         size = int(np.prod(t.shape))
                         reason = f"not a weight input ({node.op} input {i}: bias, normalisation or other)"

@@ -320,10 +320,10 @@ def check_model(
 
 def _ort_has_decode(p: Path) -> bool:
     """Whether the .ort's main graph holds onnx-statq decode nodes (``--format ort`` keeps them in the file)."""
-    from .ort_canonical import ort_schema
+    from .ort_canonical import ort_root
 
     try:
-        graph = ort_schema().InferenceSession.InferenceSession.GetRootAs(p.read_bytes(), 0).Model().Graph()
+        graph = ort_root(p.read_bytes()).Model().Graph()
         return any((graph.Nodes(i).Name() or b"").startswith(b"statq") for i in range(graph.NodesLength()))
     except Exception:  # a layout this reader does not know: say no decode rather than fail the check
         return False

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["ALIGN", "canonical_ort", "ort_schema"]
+__all__ = ["ALIGN", "canonical_ort", "ort_root", "ort_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def ort_schema() -> Any:
     return fbs
 
 
+def ort_root(data: bytes | memoryview) -> Any:
+    """The InferenceSession table of an ORT-format buffer (its model, resolver and version)."""
+    return ort_schema().InferenceSession.InferenceSession.GetRootAs(data, 0)
+
+
 def canonical_ort(data: bytes) -> bytes | memoryview:
     """``data`` (an ORT-format file) with the part onnxruntime lays out differently on each conversion rewritten
     in a fixed layout; ``data`` itself where the file is not laid out as this expects. The model's bytes are
@@ -64,7 +69,7 @@ def _canonical(data: bytes) -> memoryview:
     import flatbuffers
 
     fbs = ort_schema()
-    root = fbs.InferenceSession.InferenceSession.GetRootAs(data, 0)
+    root = ort_root(data)
     _known_fields(root, _ROOT_FIELDS, "the root table")
     model, resolver = root.Model(), root.KernelTypeStrResolver()
     if model is None or root._tab.Offset(8) != 0:
@@ -76,7 +81,7 @@ def _canonical(data: bytes) -> memoryview:
     contents = _read_resolver(resolver) if resolver is not None else None
     model_bytes = memoryview(data)[cut:]
     out = _rebuild(fbs, model_bytes, len(data) - start, root.OrtVersion(), contents, cut)
-    back = fbs.InferenceSession.InferenceSession.GetRootAs(out, 0).KernelTypeStrResolver()
+    back = ort_root(out).KernelTypeStrResolver()
     if out[len(out) - len(model_bytes) :] != model_bytes or (_read_resolver(back) if back else None) != contents:
         raise _UnexpectedLayoutError("the rewrite did not read back the same")
     return out

@@ -14,11 +14,11 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import QuantConfig
+from ..config import ConfigLike
 from ..errors import OutputError, first_line
 from ..io import load_model, publish, staging_dir, zipped_size
 from ..report import Report
@@ -27,6 +27,7 @@ from .ort_canonical import canonical_ort
 __all__ = [
     "CONFIG_SUFFIX",
     "ORT_SUFFIX",
+    "config_path",
     "is_ort_format",
     "ort_path",
     "quantize_file_ort",
@@ -44,6 +45,11 @@ _DISABLED_OPTIMIZERS = ["ConstantFolding", "NchwcTransformer"]
 def ort_path(path: str | os.PathLike[str]) -> Path:
     """Where ``--format ort`` writes: the output path with the suffix ``.ort``."""
     return Path(path).with_suffix(ORT_SUFFIX)
+
+
+def config_path(ort_file: Path) -> Path:
+    """The reduced-build operator config written beside an .ort: ``<stem>.required_operators.config``."""
+    return ort_file.with_name(ort_file.stem + CONFIG_SUFFIX)
 
 
 @contextlib.contextmanager
@@ -98,9 +104,9 @@ def write_ort(
             tmp_ort.write_bytes(canonical_ort(tmp_ort.read_bytes()))  # the same bytes on every run
             staged = [(tmp_ort, out)]
             if config:
-                tmp_cfg = tmpdir / (out.stem + CONFIG_SUFFIX)
+                tmp_cfg = config_path(tmp_ort)
                 write_config(tmp_ort, tmp_cfg, shown_as=out)
-                staged.append((tmp_cfg, out.with_name(out.stem + CONFIG_SUFFIX)))
+                staged.append((tmp_cfg, config_path(out)))
             return publish(staged)
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -135,7 +141,7 @@ def is_ort_format(path: Path) -> bool:
 def quantize_file_ort(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    config: QuantConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    config: ConfigLike = None,
     *,
     verify: bool = True,
     verify_data: Any = None,
