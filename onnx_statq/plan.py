@@ -72,9 +72,11 @@ class LayerPlan:
     # (position of an If node in the main graph, "then_branch" or "else_branch"): the consumer sits in that branch,
     # which calibration inlines when every feed takes it (calibrate/branches.py)
     branch: tuple[int, str] | None = None
-    # the layer's data input is a constant (a MatMul of two weights): no calibration data reaches the layer, which
-    # stays data-free, its weight still quantized in the stream for the layers after it
-    constant_input: bool = False
+    # why the weight is not refitted, if it is not: several nodes read it (a refit fits one layer's output and would
+    # move what the others see unchecked), its readers sit in deeper subgraphs, the layer's data input is a constant
+    # (a MatMul of two weights). Its data-free values still enter the quantized stream before any layer reads them,
+    # so that the layers after it are fitted on the inputs the file gives them
+    data_free: str = ""
 
 
 @dataclass

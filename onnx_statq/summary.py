@@ -91,9 +91,6 @@ def format_summary(report: Report) -> str:
             head += f"; padding from {c['mask_input']} left out"
         if sq is not None:
             head += f"; model output SQNR vs float on the calibration data: {sq:.1f} dB"
-            if c.get("float_in_streams"):  # --verify-data measures the file with every weight quantized
-                n = c["float_in_streams"]
-                head += f", leaving out {n} weight{'s' if n != 1 else ''} read by several nodes (--verify-data)"
         lines.append(head)
     if report.verify.get("skipped"):
         lines.append(f"verify: skipped: {report.verify['skipped']}")

@@ -113,7 +113,8 @@ def calibrate(
     mask_input: str | None = None,
 ) -> CalibrationSummary:
     """Refine the plans in topological order; weights of layers that cannot be refitted stay data-free, and so do
-    those in If branches the calibration feeds do not take (:mod:`.branches`).
+    those in If branches the calibration feeds do not take (:mod:`.branches`) and those planned ``data_free`` (their
+    values are in the quantized stream from the start: the layers after them are fitted on what they will see).
 
     ``error_feedback`` also tries the GPTQ-style assignment of :mod:`feedback` on every refitted convolution
     (``FEEDBACK_OPS``) and keeps it where it lowers the layer's calibration error. ``compensation`` None gives each
@@ -133,12 +134,17 @@ def calibrate(
     masks = feed_masks(feeds, mask_input)
     model, plans, unreached = inline_taken_branches(model, feeds, plans)
     summary.outcomes.update(unreached)
+    fixed = [p for p in plans if p.data_free]
+    plans = [p for p in plans if not p.data_free]
     # a layer refitted with compensation 0 reads only the quantized stream: the float one stops after the last
     # layer that reads it (on MiniLM, all MatMul, it never runs: no float segments, one Gram product instead of three)
     readers = [p.node_index for p in plans if _reads_float(p, mode, compensation)]
     feedback_s = 0.0
     opts = _Options(mode, refit_levels, bias_correction, compensation, error_feedback, few)
     with StreamExecutor(model, feeds, mode != CalibrationMode.INDEPENDENT, max(readers, default=0), jobs) as ex:
+        for plan in fixed:  # in the quantized stream before any layer reads it
+            ex.set_quantized(plan.weight, plan.encoded.decoded().astype(plan.values.dtype))
+            summary.outcomes[plan.weight] = LayerOutcome(plan.encoded, note=f"data-free: {plan.data_free}")
 
         def refine(plan: LayerPlan) -> LayerOutcome:
             nonlocal feedback_s
@@ -190,7 +196,7 @@ def _reads_float(plan: LayerPlan, mode: CalibrationMode, compensation: float | N
     only a target with compensation (the float layer's output on float inputs) needs it. With compensation 0 the
     target is the float weights on the quantized inputs, and the statistics the float patches would add are
     multiplied by 0 (``refit._target``): the same refit, bit for bit, without them."""
-    if plan.constant_input or supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot) is not None:
+    if supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot) is not None:
         return False
     return mode == CalibrationMode.INDEPENDENT or compensation_for(plan.op, compensation) != 0.0
 
@@ -214,8 +220,6 @@ def _calibrate_one(
     why = supported(plan.op, plan.attrs, tuple(plan.values.shape), plan.slot)
     if why is not None:
         return LayerOutcome(plan.encoded, note=f"data-free: {why}"), 0.0
-    if plan.constant_input:
-        return LayerOutcome(plan.encoded, note="data-free: the layer's data input is a constant"), 0.0
     geo = LayerGeometry(plan.op, plan.attrs, tuple(plan.values.shape))
     feedback = opts.error_feedback and plan.op in FEEDBACK_OPS
     # a held-out half decides whether the feedback assignment generalises, and with few samples how far a refit

@@ -38,11 +38,14 @@ from .model_io import (
 )
 from .rows import decode_after_lookup, row_lookup_reason
 from .tables import SharedTables
-from .weights import Weight, admit, find_weights, nothing_message
+from .weights import Use, Weight, admit, find_weights, nothing_message
 
 __all__ = ["PassResult", "StatqPass", "default_opset", "import_graph", "unchanged_reason"]
 
 logger = logging.getLogger(__name__)
+
+# where calibration finds a node: its index in the main graph, or in a branch of the main graph's If at (index, name)
+Position = tuple[int, tuple[int, str] | None]
 
 
 @dataclass(frozen=True)
@@ -260,18 +263,14 @@ class StatqPass:
         where = _positions(graph)
         plans = []
         nested = 0
-        shared: dict[str, LayerOutcome] = {}
         for w in todo:
-            use = w.uses[0]
-            readers = _readers(w, graph)
-            if readers > 1:
-                note = f"data-free: {readers} nodes or outputs read it, and a refit fits one layer's output"
-                shared[w.tensor.name] = LayerOutcome(encoded[id(w)], note=note)
+            use, why = _calibrated_use(w, graph, where)
+            anchor = use.node if use is not None else w.source  # a data-free weight enters the stream by name
+            if anchor is None or id(anchor) not in where:  # every main-graph node is in ``where``
+                nested += 1
                 continue
-            if id(use.node) not in where or not use.node.inputs or not use.node.outputs:
-                nested += id(use.node) not in where  # every main-graph node is in ``where``
-                continue
-            index, branch = where[id(use.node)]
+            use = use or w.uses[0]
+            index, branch = where[id(anchor)]
             plans.append(
                 LayerPlan(
                     w.tensor.name,
@@ -279,15 +278,14 @@ class StatqPass:
                     use.node.op,
                     dict(use.node.attrs),
                     use.slot,
-                    use.node.inputs[0].name,
+                    use.node.inputs[0].name if use.node.inputs else "",
                     w.values,
                     encoded[id(w)],
                     branch,
-                    isinstance(use.node.inputs[0], gs.Constant),  # MatMul(A, B) of two weights, MatMul(w, w)
+                    why,
                 )
             )
         summary = self.refiner(model, plans)
-        summary.outcomes.update(shared)
         report.calibration = {
             "mode": summary.mode,
             "samples": summary.samples,
@@ -296,10 +294,6 @@ class StatqPass:
             "sessions": summary.sessions,
             "mask_input": summary.mask_input,
         }
-        if shared:
-            # such weights stay float in the calibration streams (measured on silero VAD: the output SQNR the
-            # streams gave, 18.5 dB, was 9.7 dB on the file): the figure leaves their error out, and says so
-            report.calibration["float_in_streams"] = len(shared)
         if nested:
             # the calibration streams run the main graph's weights only: their output error leaves these out
             logger.warning("%d quantized weights inside If/Loop/Scan subgraphs stay data-free", nested)
@@ -378,6 +372,25 @@ def _sizes(weights: list[Weight]) -> list[int]:
     return [int(w.deferred.nbytes) for w in weights]
 
 
+def _calibrated_use(w: Weight, graph: gs.Graph, where: dict[int, Position]) -> tuple[Use | None, str]:
+    """The use a refit of ``w`` fits, and '' ; or, when it cannot be refitted, the use it enters the streams at
+    (None: at its Constant node) and why it is not refitted."""
+    readers = _readers(w, graph)
+    placed = [u for u in w.uses if id(u.node) in where]
+    if readers > 1:
+        first = min(placed, key=lambda u: _order(where[id(u.node)]), default=None)
+        return first, f"{readers} nodes or outputs read it, and a refit fits one layer's output"
+    if not placed:
+        return None, "its reader is inside a subgraph that calibration does not inline"
+    use = placed[0]
+    if not use.node.outputs:
+        return use, "its layer has no output"
+    data = use.node.inputs[1 if use.slot == 0 and len(use.node.inputs) > 1 else 0]
+    if isinstance(data, gs.Constant):  # MatMul(A, B) of two weights, MatMul(w, w)
+        return use, "the layer's data input is a constant"
+    return use, ""
+
+
 def _readers(w: Weight, graph: gs.Graph) -> int:
     """How many nodes read the weight, plus one if it is also a graph output. Calibration refits a weight towards
     one layer's output; with another reader (a second layer sharing it, a ReduceSum of it, the weight as an output)
@@ -388,10 +401,10 @@ def _readers(w: Weight, graph: gs.Graph) -> int:
     return len(nodes) + int(outputs)
 
 
-def _positions(graph: gs.Graph) -> dict[int, tuple[int, tuple[int, str] | None]]:
+def _positions(graph: gs.Graph) -> dict[int, Position]:
     """Where calibration finds each node: its position in the main graph, or in a branch of one of the main graph's
     If nodes with that If's position and attribute name (deeper subgraphs are not calibrated)."""
-    where: dict[int, tuple[int, tuple[int, str] | None]] = {id(n): (i, None) for i, n in enumerate(graph.nodes)}
+    where: dict[int, Position] = {id(n): (i, None) for i, n in enumerate(graph.nodes)}
     for i, node in enumerate(graph.nodes):
         if node.op != "If":
             continue
@@ -400,6 +413,12 @@ def _positions(graph: gs.Graph) -> dict[int, tuple[int, tuple[int, str] | None]]
             if isinstance(body, gs.Graph):
                 where.update({id(n): (j, (i, name)) for j, n in enumerate(body.nodes)})
     return where
+
+
+def _order(position: Position) -> tuple[int, int]:
+    """A :func:`_positions` entry as a sort key in the order calibration runs the nodes (a branch's at its If)."""
+    index, branch = position
+    return (index, -1) if branch is None else (branch[0], index)
 
 
 def unchanged_reason(values: np.ndarray, enc: EncodedTensor) -> str | None:
