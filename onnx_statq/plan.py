@@ -104,6 +104,9 @@ class CalibrationSummary:
     mode: str = ""
     samples: int = 0
     mask_input: str | None = None  # the padding mask the MatMul refits read (calibrate/masks.py), if any
+    # quantized weights the streams ran float: in the branches of an If the calibration feeds disagree on (it runs
+    # whole, its stored weights inside); the model output SQNR is then withheld
+    float_in_streams: int = 0
 
 
 Refiner = Callable[[onnx.ModelProto, list[LayerPlan]], CalibrationSummary]

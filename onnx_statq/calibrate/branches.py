@@ -86,12 +86,17 @@ def _inline(
 
 def inline_taken_branches(
     model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plans: list[LayerPlan]
-) -> tuple[onnx.ModelProto, list[LayerPlan], dict[str, LayerOutcome]]:
-    """The model calibration runs, the plans with their positions in it, and the outcomes of the plans it cannot
-    reach (data-free, with the reason). Without plans in branches, ``model`` and ``plans`` come back as they are."""
+) -> tuple[onnx.ModelProto, list[LayerPlan], dict[str, LayerOutcome], int]:
+    """The model calibration runs, the plans with their positions in it, the outcomes of the plans it cannot
+    reach (data-free, with the reason), and how many of those the streams run float: those in an If that is not
+    inlined, which runs whole with the weights stored in its branches. Without plans in branches, ``model`` and
+    ``plans`` come back as they are.
+
+    A ``data_free`` plan in a branch the feeds do not take stays a plan: its weight enters the streams by name,
+    and may be read outside that branch (an initializer of the main graph read in both branches)."""
     ifs = sorted({p.branch[0] for p in plans if p.branch is not None})
     if not ifs:
-        return model, plans, {}
+        return model, plans, {}, 0
     nodes, inits = list(model.graph.node), list(model.graph.initializer)
     taken: dict[int, str | None] = {}
     why_not: dict[int, str] = {}
@@ -106,15 +111,18 @@ def inline_taken_branches(
             before = len(nodes)
             nodes = _inline(nodes, inits, start[index], branch)
             delta[index] = len(nodes) - before
-    kept, fixed = [], {}
+    kept, fixed, unrun = [], {}, 0
     for p in plans:
         if p.branch is None:
             moved = p.node_index + sum(d for i, d in delta.items() if i < p.node_index)
             kept.append(dataclasses.replace(p, node_index=moved))
         elif taken[p.branch[0]] == p.branch[1]:
             kept.append(dataclasses.replace(p, node_index=start[p.branch[0]] + p.node_index, branch=None))
+        elif p.data_free and taken[p.branch[0]] is not None:
+            kept.append(dataclasses.replace(p, branch=None))
         else:
             fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: {why_not[p.branch[0]]}")
+            unrun += taken[p.branch[0]] is None
     logger.info("calibration inlines %d of %d If nodes", sum(t is not None for t in taken.values()), len(ifs))
     graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input), list(model.graph.output), inits)
-    return model_like(model, graph), kept, fixed
+    return model_like(model, graph), kept, fixed, unrun

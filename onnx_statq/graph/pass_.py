@@ -294,8 +294,9 @@ class StatqPass:
             "sessions": summary.sessions,
             "mask_input": summary.mask_input,
         }
+        nested += summary.float_in_streams
         if nested:
-            # the calibration streams run the main graph's weights only: their output error leaves these out
+            # the streams run these weights float (stored where they cannot replace them): no model-level figure
             logger.warning("%d quantized weights inside If/Loop/Scan subgraphs stay data-free", nested)
             report.calibration["not_calibrated_in_subgraphs"] = nested
             report.calibration["model_output_sqnr_db"] = None
