@@ -196,6 +196,57 @@ def test_a_constant_read_inside_a_loop_enters_the_stream(make_model, rng):
     assert result.report.calibration["model_output_sqnr_db"] == pytest.approx(model_output_sqnr(ref, out), abs=0.01)
 
 
+def _sibling_ifs(make_model, rng, same_inner_names: bool):
+    """Two Ifs on one condition; each then-branch holds its own initializer W (sibling scopes may reuse names,
+    legal ONNX), one branch's W several times the other's; with ``same_inner_names`` their outputs share a name."""
+    ws = [rng.standard_normal((64, 64)).astype(np.float32) / 8, 3 * rng.standard_normal((64, 64)).astype(np.float32)]
+    nodes = [helper.make_node("MatMul", ["x", "outer"], ["h0"], name="mm")]
+    for k, w in enumerate(ws):
+        inner = "t" if same_inner_names else f"t{k}"
+        branch = helper.make_graph(
+            [helper.make_node("MatMul", [f"h{k}", "W"], [inner], name=f"then_mm{k}")],
+            f"then{k}",
+            [],
+            [helper.make_tensor_value_info(inner, TensorProto.FLOAT, [4, 64])],
+            [numpy_helper.from_array(w, "W")],
+        )
+        other = helper.make_graph(
+            [helper.make_node("Identity", [f"h{k}"], [f"e{k}"])],
+            f"else{k}",
+            [],
+            [helper.make_tensor_value_info(f"e{k}", TensorProto.FLOAT, [4, 64])],
+        )
+        nodes.append(helper.make_node("If", ["cond"], [f"h{k + 1}"], then_branch=branch, else_branch=other))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
+    c = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    z = helper.make_tensor_value_info("h2", TensorProto.FLOAT, [4, 64])
+    return make_model(nodes, [x, c], [z], {"outer": rng.standard_normal((64, 64)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("same_inner_names", [False, True])
+def test_sibling_weights_of_one_name_keep_their_own_values(make_model, rng, same_inner_names):
+    """Two weights named W in sibling subgraphs: calibration knew them by name, so the file applied one W's
+    calibrated values in both places (held-out SQNR 1.6 dB against 8.7 data-free, found by a helper); and inlining
+    two branches that define the same name crashed onnxruntime (exit 70). Now each keeps its own encoding, not
+    refitted, and the model-level figure is withheld (the streams run them float)."""
+    import onnxruntime as ort
+
+    m = _sibling_ifs(make_model, rng, same_inner_names)
+    feeds = _feeds(rng, [True] * 4)
+    calibrated = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, feeds))(m)
+    free = StatqPass(QuantConfig(bits=3))(m)
+    notes = [layer.calibration for layer in calibrated.report.layers if layer.name == "W"]
+    assert notes == ["data-free: another weight, in another subgraph, has the same name"] * 2
+    assert calibrated.report.calibration["model_output_sqnr_db"] is None
+    assert calibrated.report.calibration["not_calibrated_in_subgraphs"] == 2
+    held = _feeds(rng, [True] * 4)
+    outputs = [
+        ort.InferenceSession(x.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, held[0])[0]
+        for x in (calibrated, free)
+    ]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=0.05, atol=0.05 * float(np.abs(outputs[1]).max()))
+
+
 def test_condition_computed_from_an_input_is_evaluated(make_model, rng):
     """silero VAD's form: If(Equal(sr, 16000)) with sr an input; only the nodes the condition needs are run."""
     m = _if_model(make_model, rng)

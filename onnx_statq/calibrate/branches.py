@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -84,6 +85,25 @@ def _inline(
     return nodes[:index] + list(branch.node) + links + nodes[index + 1 :]
 
 
+def _defined(nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto]) -> set[str]:
+    """Every name these nodes and initializers define, in their subgraphs too."""
+    names = {o for n in nodes for o in n.output if o} | {t.name for t in inits}
+    for n in nodes:
+        for attr in n.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= _defined(g.node, g.initializer) | {i.name for i in g.input}
+    return names
+
+
+def _clashes(
+    branch: onnx.GraphProto, nodes: list[onnx.NodeProto], at: int, inits: list[onnx.TensorProto], inputs: set[str]
+) -> bool:
+    """Whether inlining ``branch`` in place of ``nodes[at]`` would define a name twice in one scope: sibling
+    subgraphs may reuse names (two branches' ``t``, two Ifs' initializer ``W``), one graph may not."""
+    rest = _defined(nodes[:at] + nodes[at + 1 :], inits) | inputs
+    return not rest.isdisjoint(_defined(branch.node, branch.initializer))
+
+
 def inline_taken_branches(
     model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plans: list[LayerPlan]
 ) -> tuple[onnx.ModelProto, list[LayerPlan], dict[str, LayerOutcome], int]:
@@ -108,6 +128,9 @@ def inline_taken_branches(
         delta[index] = 0
         if taken[index] is not None:
             branch = next(a.g for a in model.graph.node[index].attribute if a.name == taken[index])
+            if _clashes(branch, nodes, start[index], inits, {i.name for i in model.graph.input}):
+                taken[index], why_not[index] = None, "its If's branch defines names its graph also defines"
+                continue
             before = len(nodes)
             nodes = _inline(nodes, inits, start[index], branch)
             delta[index] = len(nodes) - before

@@ -106,6 +106,7 @@ class StreamExecutor:
         self.nodes = list(model.graph.node)
         self.weights = {t.name: t for t in model.graph.initializer}
         self.outputs = [o.name for o in model.graph.output]
+        self.input_names = {i.name for i in model.graph.input}
         self.last_use = self._last_uses()
         self.float_env = [dict(f) for f in feeds]
         self.quant_env = [dict(f) for f in feeds]
@@ -165,7 +166,7 @@ class StreamExecutor:
             raise ValueError("bias of a node that has already run")
         node = self.nodes[index]
         old = _bias_name(node)
-        if old and old not in self.weights:
+        if old and (old not in self.weights or old in self.input_names):  # computed, or an input that may override it
             return False
         shape = tuple(self.weights[old].dims) if old else None
         moved = bias_input_delta(node.op_type, _attrs(node), shape, delta)
@@ -330,5 +331,11 @@ class StreamExecutor:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]
 
     def graph_outputs(self) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
-        pick = lambda envs: [{k: e[k] for k in self.outputs if k in e} for e in envs]  # noqa: E731
-        return pick(self.float_env), pick(self.quant_env)
+        """Each stream's graph outputs per feed; an output that is an initializer (a weight the model also
+        returns) never enters the streams' tensors, so it is the stream's value of that weight."""
+
+        def pick(envs: list[dict[str, np.ndarray]], quant: bool) -> list[dict[str, np.ndarray]]:
+            stored = {k: self._weight(k, quant) for k in self.outputs if k in self.weights}
+            return [{k: e[k] for k in self.outputs if k in e} | stored for e in envs]
+
+        return pick(self.float_env, False), pick(self.quant_env, True)

@@ -16,10 +16,11 @@ def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str])
     return gs.Constant(fresh(f"{const.name}.statq_bias"), bias_values(np.asarray(const.values), delta))
 
 
-def _conv_or_gemm(node: gs.Node, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
-    """Fold ``delta`` into the bias input as :func:`~onnx_statq.plan.bias_input_delta` says, or add one."""
+def _conv_or_gemm(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
+    """Fold ``delta`` into the bias input as :func:`~onnx_statq.plan.bias_input_delta` says, or add one; not into
+    a computed bias, nor one that is also a graph input (the caller may override it)."""
     bias = node.inputs[2] if len(node.inputs) >= 3 and node.inputs[2].name else None
-    if bias is not None and not isinstance(bias, gs.Constant):
+    if bias is not None and (not isinstance(bias, gs.Constant) or any(bias is i for i in graph.inputs)):
         return False
     shape = None if bias is None else tuple(np.asarray(bias.values).shape)
     moved = bias_input_delta(node.op, node.attrs, shape, delta)
@@ -40,14 +41,15 @@ def add_bias(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[
     """
     n = delta.size
     if node.op in ("Conv", "Gemm"):
-        return _conv_or_gemm(node, delta, fresh)
+        return _conv_or_gemm(node, graph, delta, fresh)
     if node.op == "MatMul":
         out = node.outputs[0]
         users = list(out.outputs)
         if len(users) == 1 and users[0].op == "Add":
             add = users[0]
             other = [i for i, t in enumerate(add.inputs) if t is not out]
-            if len(other) == 1 and isinstance(add.inputs[other[0]], gs.Constant):
+            held = add.inputs[other[0]] if len(other) == 1 else None
+            if isinstance(held, gs.Constant) and not any(held is i for i in graph.inputs):
                 c = add.inputs[other[0]]
                 if tuple(c.shape) == (n,):
                     add.inputs[other[0]] = _updated(c, delta, fresh)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ class StatqPass:
         del seen
         tables = SharedTables(fresh, opset)  # one table per plane and graph, read by every weight decoded there
         for w in todo:
-            outcome = outcomes.get(w.tensor.name)
+            outcome = outcomes.get(id(w))
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
             self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, tables, report, outcome)
         tables.place()
@@ -257,17 +258,25 @@ class StatqPass:
         todo: list[Weight],
         encoded: dict[int, EncodedTensor],
         report: Report,
-    ) -> dict[str, LayerOutcome]:
+    ) -> dict[int, LayerOutcome]:
+        """Each weight's calibration outcome, by ``id`` of its :class:`Weight` (sibling subgraphs may hold two
+        weights of one name)."""
         if self.refiner is None:
             return {}
         where = _positions(graph)
         plans = []
-        nested = 0
+        unplanned: dict[int, LayerOutcome] = {}  # stays data-free and float in the streams
+        names = Counter(w.tensor.name for w in todo)
         for w in todo:
             use, why = _calibrated_use(w, graph, where)
             anchor = use.node if use is not None else w.source  # a data-free weight enters the stream by name
+            if names[w.tensor.name] > 1:  # the streams and the outcomes know a weight by its name
+                why = "another weight, in another subgraph, has the same name"
+                unplanned[id(w)] = LayerOutcome(encoded[id(w)], note=f"data-free: {why}")
+                continue
             if anchor is None or id(anchor) not in where:  # every main-graph node is in ``where``
-                nested += 1
+                why = "it sits in or is read from a subgraph that calibration does not inline"
+                unplanned[id(w)] = LayerOutcome(encoded[id(w)], note=f"data-free: {why}")
                 continue
             use = use or w.uses[0]
             index, branch = where[id(anchor)]
@@ -294,14 +303,15 @@ class StatqPass:
             "sessions": summary.sessions,
             "mask_input": summary.mask_input,
         }
-        nested += summary.float_in_streams
+        nested = len(unplanned) + summary.float_in_streams
         if nested:
             # the streams run these weights float (stored where they cannot replace them): no model-level figure
             logger.warning("%d quantized weights inside If/Loop/Scan subgraphs stay data-free", nested)
             report.calibration["not_calibrated_in_subgraphs"] = nested
             report.calibration["model_output_sqnr_db"] = None
         report.timings.update(summary.timings)
-        return summary.outcomes
+        planned = {id(w): summary.outcomes.get(w.tensor.name) for w in todo if id(w) not in unplanned}
+        return {k: v for k, v in (planned | unplanned).items() if v is not None}
 
     def _rewrite(
         self,
