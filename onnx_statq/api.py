@@ -41,7 +41,8 @@ VERIFY_MAX_SAMPLES = 256  # the check holds the float model's outputs on every v
 
 def _config(config: Any, options: dict[str, Any]) -> QuantConfig:
     """``config`` as a QuantConfig: one already, a mapping of its options, or a .json / .toml file, each checked as
-    strictly as the CLI's ``--config``; keyword ``options`` override it."""
+    strictly as the CLI's ``--config``; keyword ``options`` are laid over it as the CLI's flags are
+    (:meth:`QuantConfig.layered`)."""
     if config is None:
         base = QuantConfig()
     elif isinstance(config, QuantConfig):
@@ -52,7 +53,7 @@ def _config(config: Any, options: dict[str, Any]) -> QuantConfig:
         base = QuantConfig.from_file(Path(config))
     else:
         raise TypeError(f"config takes a QuantConfig, a mapping or a config file path, not {type(config).__name__}")
-    return base.with_options(**options) if options else base
+    return base.layered(**options) if options else base
 
 
 class _Calibration:
@@ -214,7 +215,7 @@ def quantize_file(
 
     ``verify_data`` (the forms ``calib`` takes) makes the check run on those inputs instead of random ones."""
     src_p, dst_p = Path(src), Path(dst)
-    given = [calib, verify_data]
+    given = [calib, verify_data, config]  # the config as a file path too
     _refuse_overwrite(dst_p, [src_p, *(Path(p) for p in given if isinstance(p, (str, os.PathLike)))])
     t0 = time.perf_counter()
     data_files: list[str] = []

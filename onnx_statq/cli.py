@@ -30,6 +30,8 @@ from .workers import MAX_DEFAULT_JOBS
 
 __all__ = ["entry", "main"]
 
+logger = logging.getLogger(__name__)
+
 INTERNAL_ERROR = 70
 
 EXAMPLES = """
@@ -240,6 +242,7 @@ def quantize(**opts: Any) -> None:
 
 
 _CALIB_ONLY = {
+    "calib_mode": "--calib-mode",
     "calib_samples": "--calib-samples",
     "calib_compensation": "--calib-compensation",
     "calib_mask": "--calib-mask",
@@ -260,9 +263,11 @@ def _refuse_idle_calib_options(opts: dict[str, Any], given: set[str]) -> None:
         idle = [flag for name, flag in _CALIB_ONLY.items() if name in given]
         if idle:
             raise ConfigError(f"{', '.join(idle)} only act{'s' if len(idle) == 1 else ''} with --calib DATA")
-
-
-_TARGETS = ("avg_bits", "size_ratio", "target_sqnr")
+    elif opts.get("calib_mode") == "none":  # the data is not read: nothing calibrates, nothing measures
+        idle = [flag for name, flag in _CALIB_ONLY.items() if name in given and name != "calib_mode"]
+        if idle:
+            raise ConfigError(f"{', '.join(idle)} do{'es' if len(idle) == 1 else ''} nothing with --calib-mode none")
+        logger.warning("--calib-mode none: the calibration data is not read")
 
 
 def _config(opts: dict[str, Any]) -> QuantConfig:
@@ -280,16 +285,7 @@ def _config(opts: dict[str, Any]) -> QuantConfig:
         "sensitivity",
         "jobs",
     )
-    overrides: dict[str, Any] = {k: opts[k] for k in keys if opts.get(k) is not None}
-    if isinstance(overrides.get("bits"), int):
-        overrides["auto_bits"] = False
-    given = {k for k in _TARGETS if k in overrides}
-    if opts.get("config_file") and (given or isinstance(opts.get("bits"), int) or opts.get("allocation") == "fixed"):
-        # a target on the command line replaces the file's: they are exclusive, and the flags win
-        overrides.update({k: None for k in _TARGETS if k not in given})
-    if opts.get("exclude"):
-        overrides["exclude"] = tuple(config.exclude) + tuple(opts["exclude"])
-    return config.with_options(**overrides)
+    return config.layered(**{k: opts.get(k) for k in keys}, exclude=tuple(opts.get("exclude") or ()) or None)
 
 
 def _quantize(_given: set[str], **opts: Any) -> None:
@@ -348,6 +344,10 @@ def _refuse_clobbering(opts: dict[str, Any]) -> None:
     """
     inputs = [opts[k] for k in ("model", "config_file", "calib", "verify_data") if opts.get(k) is not None]
     outputs = [(opts["output"], "output")] + ([(opts["report_file"], "report")] if opts.get("report_file") else [])
+    if opts.get("out_format") == "ort":  # what --format ort writes instead of the output path itself
+        from .mobile.ort_format import config_path, ort_path
+
+        outputs += [(ort_path(opts["output"]), "output"), (config_path(ort_path(opts["output"])), "output")]
     for path, what in outputs:
         for src in inputs:
             if os.path.realpath(path) == os.path.realpath(src):

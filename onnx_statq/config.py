@@ -53,7 +53,7 @@ class LayerSettings:
     bits: int | None = None
     method: Method | None = None
     granularity: Granularity | None = None
-    skip: bool = False
+    skip: bool | None = None  # False keeps a weight that a broader entry or ``exclude`` would skip
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -62,7 +62,7 @@ class LayerSettings:
             object.__setattr__(self, "method", _enum(Method, self.method, "method"))
         if self.granularity is not None:
             object.__setattr__(self, "granularity", _enum(Granularity, self.granularity, "granularity"))
-        if not isinstance(self.skip, bool):  # skip = "no" is a non-empty string: it excluded the nodes
+        if self.skip is not None and not isinstance(self.skip, bool):  # skip = "no" is a non-empty string
             raise ConfigError(f"skip must be true or false, got {self.skip!r}")
 
 
@@ -72,6 +72,10 @@ class Resolved:
     method: Method
     granularity: Granularity
     skip: bool
+
+
+# the run's target besides a plain width: each excludes the others
+TARGETS = ("avg_bits", "size_ratio", "target_sqnr")
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class QuantConfig:
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if not isinstance(self.sensitivity, bool):
             raise ConfigError(f"sensitivity must be true or false, got {self.sensitivity!r}")
+        if self.sensitivity and self.allocation == Allocation.FIXED:  # it weighs the allocation's choices
+            raise ConfigError("sensitivity needs allocation 'auto', not 'fixed'")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ConfigError(f"jobs must be a positive integer (1: one weight at a time), got {self.jobs!r}")
         for name in ("nodes", "op_types"):
@@ -154,7 +160,9 @@ class QuantConfig:
         """Settings for one consumer node: node name, then weight name, then op type, then the global values."""
         chain = self.overrides(node_name, op_type, weight_name)
         named = {node_name, weight_name, op_type} - {""}
-        skip = any(excludes(e, named) for e in self.exclude) or any(s.skip for s in chain)
+        skip = next((s.skip for s in chain if s.skip is not None), None)
+        if skip is None:  # the most specific entry that says decides; then the global exclude list
+            skip = any(excludes(e, named) for e in self.exclude)
         return Resolved(
             bits=next((s.bits for s in chain if s.bits is not None), self.bits),
             method=next((s.method for s in chain if s.method is not None), self.method),
@@ -186,9 +194,27 @@ class QuantConfig:
         return self.allocation == Allocation.AUTO and wide
 
     def with_options(self, **changes: Any) -> QuantConfig:
-        """A copy with ``changes``; an unknown option is a ConfigError, as in a config file."""
+        """A copy with ``changes``; an unknown option is a ConfigError, as in a config file. A width in bits
+        replaces ``bits = "auto"`` (it kept it, and the run stayed in auto mode)."""
         _refuse_unknown(changes, "option")
+        if isinstance(changes.get("bits"), int) and "auto_bits" not in changes:
+            changes = {**changes, "auto_bits": False}
         return replace(self, **changes)
+
+    def layered(self, **options: Any) -> QuantConfig:
+        """``options`` laid over this config as the command line's flags are over a config file, the same in the
+        CLI, the API and the toolchain passes: a width in bits, a target or ``allocation = "fixed"`` replaces the
+        config's target (the targets exclude each other, and the caller's win); ``exclude`` entries are added to
+        the config's."""
+        options = {k: v for k, v in options.items() if v is not None}
+        _refuse_unknown(options, "option")
+        given = {k for k in TARGETS if k in options}
+        if given or isinstance(options.get("bits"), int) or options.get("allocation") == "fixed":
+            options.update({k: None for k in TARGETS if k not in given})
+        if "exclude" in options:
+            extra = options["exclude"]
+            options["exclude"] = (*self.exclude, *([extra] if isinstance(extra, str) else extra))
+        return self.with_options(**options)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -279,5 +305,7 @@ def _layer(value: Any, where: str) -> LayerSettings:
 
 def _layer_dict(s: LayerSettings) -> dict[str, Any]:
     return {
-        f.name: (str(v) if isinstance(v, (Method, Granularity)) else v) for f in fields(s) if (v := getattr(s, f.name))
+        f.name: (str(v) if isinstance(v, (Method, Granularity)) else v)
+        for f in fields(s)
+        if (v := getattr(s, f.name)) is not None
     }

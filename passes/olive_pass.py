@@ -106,10 +106,8 @@ class OnnxStatqQuantization(Pass):
 
 def _quant_config(config: Any) -> QuantConfig:
     base = QuantConfig.from_file(config.config_file) if config.config_file else QuantConfig()
-    changes: dict[str, Any] = {k: getattr(config, k) for k in _QUANT_OPTIONS if getattr(config, k) is not None}
-    if config.exclude:
-        changes["exclude"] = (*base.exclude, *config.exclude)
-    return base.with_options(**changes)
+    changes: dict[str, Any] = {k: getattr(config, k) for k in _QUANT_OPTIONS}
+    return base.layered(**changes, exclude=tuple(config.exclude or ()) or None)
 
 
 def package_config() -> dict[str, Any]:

@@ -126,6 +126,60 @@ def test_quantize_takes_its_config_as_a_mapping_or_a_file(conv_model, tmp_path):
         quantize(m, 3)
 
 
+def test_keyword_options_lay_over_a_config_as_the_cli_flags_do(conv_model, tmp_path):
+    """Found by a helper: a keyword bits=3 over a config with bits = "auto" kept auto mode, with_options(bits=3)
+    still said "auto", and a keyword exclude replaced the file's list where the CLI and the Olive pass add to it."""
+    auto = QuantConfig(bits="auto", target_sqnr=20)
+    assert auto.with_options(bits=3).to_dict()["bits"] == 3
+    assert auto.layered(bits=3).to_dict()["bits"] == 3 and auto.layered(bits=3).target_sqnr is None
+    assert QuantConfig(avg_bits=3.5).layered(bits=3).avg_bits is None  # a width replaces the file's target
+    assert QuantConfig(avg_bits=3.5).layered(size_ratio=6).avg_bits is None
+    assert QuantConfig(exclude=("conv2",)).layered(exclude=["head"]).exclude == ("conv2", "head")
+    (tmp_path / "c.toml").write_text('bits = "auto"\ntarget_sqnr = 20\nmin_size = 100\nexclude = ["conv2"]\n')
+    m = conv_model()
+    from_file = quantize(m, tmp_path / "c.toml", bits=3, exclude=["head"], allocation="fixed")
+    direct = quantize(m, QuantConfig(bits=3, min_size=100, exclude=("conv2", "head"), allocation="fixed"))
+    assert from_file.SerializeToString() == direct.SerializeToString()
+
+
+def test_skip_in_a_node_entry_wins_over_its_op_type_and_reaches_into_a_holder(make_model, rng):
+    """skip was a plain bool, so a node's skip = false could not keep a weight its op type's entry skipped; and
+    skip = true on an If's node or op-type entry was accepted and did nothing (found by a helper)."""
+    w = {k: rng.standard_normal((64, 64)).astype(np.float32) for k in ("w0", "w1", "wt")}
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["h1", "wt"], ["t"], name="then_mm")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 64])],
+        [numpy_helper.from_array(w.pop("wt"), "wt")],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h1"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 64])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+        helper.make_node("MatMul", ["h0", "w1"], ["h1"], name="mm1"),
+        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other, name="branch"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64]),
+        helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+    ]
+    m = make_model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], w)
+
+    def quantized(config: dict) -> set[str]:
+        return {layer.name for layer in StatqPass(QuantConfig.from_dict(config))(m).report.layers}
+
+    assert quantized({"op_types": {"MatMul": {"skip": True}}, "nodes": {"mm1": {"skip": False}}}) == {"w1"}
+    assert quantized({"exclude": ["MatMul"], "nodes": {"mm0": {"skip": False}}}) == {"w0"}
+    assert quantized({"nodes": {"branch": {"skip": True}}}) == {"w0", "w1"}
+    assert quantized({"op_types": {"If": {"skip": True}}}) == {"w0", "w1"}
+    assert QuantConfig.from_dict({"nodes": {"mm1": {"skip": False}}}).to_dict()["nodes"] == {"mm1": {"skip": False}}
+
+
 def test_external_data_left_unloaded_is_an_error_not_a_read_from_the_working_directory(
     conv_model, tmp_path, monkeypatch
 ):

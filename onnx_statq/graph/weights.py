@@ -81,7 +81,7 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
     found: dict[int, Weight] = {}
     # a Constant node's decode replaces it in its own graph, which may enclose the graphs of all its readers
     homes = {id(n): g for g in graphs(graph) for n in g.nodes if n.op == "Constant"}
-    held = _excluded_holders(graph, config.exclude)
+    held = _excluded_holders(graph, config)
     sparse: dict[int, gs.Constant] = {}  # sparse_initializers in weight slots: left as stored, in order found
     for g in graphs(graph):
         for node in g.nodes:
@@ -98,7 +98,7 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                 w = found.setdefault(id(t), Weight(t, source, homes[id(source)] if source is not None else None))
                 shape = tuple(int(s) for s in w.values.shape)
                 settings = config.resolve(node.name or "", node.op, t.name)
-                if id(g) in held and not settings.skip:  # inside an If / Loop / Scan that --exclude names
+                if id(g) in held and not settings.skip:  # inside an If / Loop / Scan the config skips
                     settings = replace(settings, skip=True)
                 w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
     parent = parents(graph)
@@ -119,29 +119,28 @@ def _warn_idle_excludes(graph: gs.Graph, weights: list[Weight], config: QuantCon
     for entry in config.exclude:
         if excludes(entry, names):
             continue
-        held = _excluded_holders(graph, (entry,))
+        held = _excluded_holders(graph, QuantConfig(exclude=(entry,)))
         if not any(id(u.graph) in held for w in weights for u in w.uses):
             logger.warning("exclude entry %r names no node that reads a weight: it leaves nothing float", entry)
 
 
-def _excluded_holders(graph: gs.Graph, entries: tuple[str, ...]) -> set[int]:
-    """The subgraphs (by id) inside a node that an entry of ``entries`` names (an If, Loop or Scan, by node name or
-    op type), at any depth: excluding the node that holds a branch excludes the weights in it, as a user naming it
-    means."""
+def _excluded_holders(graph: gs.Graph, config: QuantConfig) -> set[int]:
+    """The subgraphs (by id) inside a node the config skips (an If, Loop or Scan, by ``exclude``, or ``skip`` in
+    its ``nodes`` or ``op_types`` entry), at any depth: skipping the node that holds a branch skips the weights in
+    it, as a user naming it means (``skip`` there was accepted and did nothing)."""
     out: set[int] = set()
 
     def visit(g: gs.Graph, inside: bool) -> None:
         for node in g.nodes:
-            named = {node.name or "", node.op} - {""}
-            held = inside or any(excludes(e, named) for e in entries)
-            for attr in node.attrs.values():
-                for sub in attr if isinstance(attr, list) else [attr]:
-                    if isinstance(sub, gs.Graph):
-                        if held:
-                            out.add(id(sub))
-                        visit(sub, held)
+            subs = [sub for attr in node.attrs.values() for sub in (attr if isinstance(attr, list) else [attr])]
+            subs = [sub for sub in subs if isinstance(sub, gs.Graph)]
+            held = inside or (bool(subs) and config.resolve(node.name or "", node.op).skip)
+            for sub in subs:
+                if held:
+                    out.add(id(sub))
+                visit(sub, held)
 
-    if entries:
+    if config.exclude or config.nodes or config.op_types:
         visit(graph, False)
     return out
 
