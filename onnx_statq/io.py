@@ -27,6 +27,7 @@ __all__ = [
     "TWO_GB",
     "ZipSizer",
     "load_model",
+    "output_target",
     "publish",
     "read_external",
     "save_model",
@@ -116,11 +117,22 @@ def load_model(
     return model
 
 
+def output_target(path: str | os.PathLike[str]) -> Path:
+    """Where an output file goes: through a symbolic link to its target, which it replaces (the link stays, as for
+    the JSON report). An existing output that is a folder, a pipe or a device is refused: the finished file is
+    renamed onto its path, which would replace the link, pipe or device itself (as root, ``-o /dev/null`` deleted
+    the device node)."""
+    target = Path(os.path.realpath(path))
+    if os.path.isdir(target):  # os.path: False, not OSError, for a name too long
+        raise OutputError(f"output {path} is a directory")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise OutputError(f"output {path} is not a regular file (a pipe or a device); give a file path")
+    return target
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
     """Write atomically; models over 2 GB go with external data in ``<name>.data``. Returns the files written."""
-    out = Path(path)
-    if os.path.isdir(out):  # os.path: False, not OSError, for a name too long
-        raise OutputError(f"output {out} is a directory")
+    out = output_target(path)
     with staging_dir(out) as tmpdir:
         try:
             return publish([(f, out.parent / f.name) for f in _save_into(model, tmpdir, out.name)])

@@ -294,3 +294,67 @@ def test_calibration_options_without_calib_data_are_refused(tmp_path):
         cli(str(DIGITS), "-o", str(out), "--no-verify", "--calib-samples", "8", "--calib", str(DIGITS_CALIB)).returncode
         == 0
     )
+
+
+def test_idle_calibration_settings_are_refused(tmp_path):
+    """Found by a helper: --calib-mode without --calib, --calib-sensitivity with --calib-mode none, and
+    sensitivity with --allocation fixed all ran and did nothing (the report said sensitivity on)."""
+    out = tmp_path / "q.onnx"
+    calib = ["--calib", str(DIGITS_CALIB)]
+    for flags, said in (
+        (["--calib-mode", "independent"], "--calib-mode only acts with --calib DATA"),
+        ([*calib, "--calib-mode", "none", "--calib-sensitivity"], "--calib-sensitivity does nothing with --calib-mode"),
+        ([*calib, "--allocation", "fixed", "--calib-sensitivity"], "sensitivity needs allocation 'auto'"),
+    ):
+        res = cli(str(DIGITS), "-o", str(out), "--no-verify", *flags)
+        assert res.returncode == 2 and said in res.stderr and res.stderr.count("\n") == 1, res.stderr
+        assert not out.exists()
+    res = cli(str(DIGITS), "-o", str(out), "--no-verify", "-q", *calib, "--calib-mode", "none")
+    assert res.returncode == 0 and "the calibration data is not read" in res.stderr
+
+
+def test_calibration_data_a_layer_cannot_take_is_a_data_error(make_model, rng, tmp_path):
+    """Data whose dynamic width does not fit the first layer went straight into the refit, which onnxruntime never
+    checked: numpy's matmul error and exit 70 (found by a helper). Now one line and the data's exit code."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])
+    onnx.save(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], {"w": w}), tmp_path / "m.onnx")
+    np.savez(tmp_path / "bad.npz", x=rng.standard_normal((4, 32)).astype(np.float32))
+    res = cli(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "bad.npz"))
+    assert res.returncode == 8 and res.stderr.count("\n") == 1, res.stderr
+    assert "inputs of shape (4, 32), which its weight of shape (64, 64) cannot take" in res.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_format_ort_and_the_api_do_not_write_over_their_inputs(tmp_path):
+    """--format ort writes OUT.ort and its operator config, which the guard did not check against the inputs (a
+    config file named conf.ort was overwritten), and quantize_file wrote over its own config file (helper)."""
+    from onnx_statq import quantize_file
+    from onnx_statq.errors import OutputError
+
+    conf = tmp_path / "conf.ort"
+    conf.write_text('{"bits": 4}')
+    before = sha(conf)
+    res = cli(str(DIGITS), "-o", str(tmp_path / "conf.onnx"), "--config", str(conf), "--format", "ort")
+    assert res.returncode == 6 and "would overwrite the input" in res.stderr and sha(conf) == before
+    toml = tmp_path / "c.toml"
+    toml.write_text("bits = 4\n")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        quantize_file(DIGITS, toml, toml)
+    assert toml.read_text() == "bits = 4\n"
+
+
+def test_output_through_a_link_lands_on_its_target_and_a_pipe_is_refused(tmp_path):
+    """The finished file was renamed onto the output path, replacing a symbolic link (its target left as it was)
+    or a pipe; as root, -o /dev/null deleted the device node (found by a helper). A link is now followed, as the
+    report's path is, and a pipe or device is refused."""
+    (tmp_path / "target.onnx").write_bytes(b"")
+    (tmp_path / "link.onnx").symlink_to("target.onnx")
+    res = cli(str(DIGITS), "-o", str(tmp_path / "link.onnx"), "--no-verify", "-q")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "link.onnx").is_symlink() and onnx.load(tmp_path / "target.onnx").graph.node
+    os.mkfifo(tmp_path / "pipe")
+    res = cli(str(DIGITS), "-o", str(tmp_path / "pipe"), "--no-verify", "-q")
+    assert res.returncode == 6 and "is not a regular file" in res.stderr and res.stderr.count("\n") == 1
+    assert (tmp_path / "pipe").is_fifo()

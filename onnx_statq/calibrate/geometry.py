@@ -32,6 +32,14 @@ class LayerGeometry:
             return w
         return w.T  # MatMul B [K, N] and Gemm B [K, N]
 
+    @property
+    def n_in(self) -> int:
+        """The width of a patch: what one output of the layer reads."""
+        if self.op == "Conv":
+            return int(np.prod(self.weight_shape[1:]))
+        transposed = self.op == "Gemm" and int(self.attrs.get("transB", 0))
+        return self.weight_shape[1] if transposed else self.weight_shape[0]
+
     def unrows(self, rows: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`rows`: the weight tensor's layout again."""
         if self.op == "Conv":

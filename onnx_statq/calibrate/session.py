@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from ..errors import CalibrationError
 from ..plan import RECOMMENDED_SAMPLES, CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .branches import inline_taken_branches
 from .data import feed_samples
@@ -238,6 +239,11 @@ def _calibrate_one(
     only = len(xf_all) == 1
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
         pf = patches(geo, real_rows(xf, mask), cap)
+        if pf.shape[1] != geo.n_in:  # onnxruntime never ran the layer: its input came straight from the data
+            raise CalibrationError(
+                f"the calibration data gives layer {plan.weight} inputs of shape {tuple(xf.shape)}, which its "
+                f"weight of shape {tuple(plan.values.shape)} cannot take"
+            )
         stats.add(pf if xq is xf else patches(geo, real_rows(xq, mask), cap), pf, cap, only)
     lam = compensation_for(plan.op, opts.compensation)
     result = refit_layer(plan.encoded, plan.values, geo, stats, opts.refit_levels, lam, feedback, opts.few)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import ConfigLike
 from ..errors import OutputError, first_line
-from ..io import load_model, publish, staging_dir, zipped_size
+from ..io import load_model, output_target, publish, staging_dir, zipped_size
 from ..report import Report
 from .ort_canonical import canonical_ort
 
@@ -89,9 +89,7 @@ def write_ort(
     ``fold=True`` converts exactly as onnxruntime's converter does, constant folding included: right for a float
     model, but it decodes an onnx-statq model's weights into the file.
     """
-    src, out = Path(onnx_file), Path(dst)
-    if out.is_dir():
-        raise OutputError(f"output {out} is a directory")
+    src, out = Path(onnx_file), output_target(dst)
     with staging_dir(out, prefix=".statq-ort-") as tmpdir:
         try:
             tmp_ort = tmpdir / out.name
@@ -155,8 +153,11 @@ def quantize_file_ort(
     from ..api import quantize_file, verification_data
 
     src_p, out = Path(src), ort_path(dst)
-    if out.exists() and src_p.exists() and out.resolve() == src_p.resolve():
-        raise OutputError("output path is the input model; the input is never overwritten")
+    given = [src_p, config, verify_data, kwargs.get("calib")]
+    inputs = [Path(p) for p in given if isinstance(p, (str, os.PathLike))]
+    for target in (out, config_path(out)):
+        if any(os.path.realpath(target) == os.path.realpath(p) for p in inputs):
+            raise OutputError(f"output path {target} would overwrite an input; inputs are never overwritten")
     checks = None if verify_data is None else verification_data(load_model(src_p, lazy=True), verify_data, verify)
     with staging_dir(out) as tmpdir:
         report = quantize_file(src_p, tmpdir / (out.stem + ".onnx"), config, verify=False, **kwargs)
