@@ -273,3 +273,12 @@ def test_check_data_that_does_not_match_is_a_calibration_error(tmp_path):
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "missing inputs ['x']" in err[0] and "Traceback" not in res.stderr
     assert "check --data feed 0" in err[0]  # names the option the data came from
+
+
+def test_check_counts_a_models_external_data_in_its_size(conv_model, tmp_path):
+    """check gave the .onnx file's size alone for a model whose weights are in an external data file."""
+    onnx.save(conv_model(), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=1024)
+    res = invoke("check", str(tmp_path / "m.onnx"), "--json")
+    assert res.exit_code == 0, res.output
+    total = (tmp_path / "m.onnx").stat().st_size + (tmp_path / "m.data").stat().st_size
+    assert json.loads(res.output)["file_bytes"] == total

@@ -285,8 +285,11 @@ def check_model(
     p = Path(path)
     if p.is_file() and is_ort_format(p):
         return _check_ort(p, progress, data)
-    model = load_model(p)
-    result = CheckResult(model=str(p), file_bytes=p.stat().st_size)
+    data_files: list[str] = []
+    model = load_model(p, data_files)
+    # what ships: the model and its external data files (the .onnx alone was reported)
+    size = p.stat().st_size + sum((p.parent / f).stat().st_size for f in data_files)
+    result = CheckResult(model=str(p), file_bytes=size)
 
     def step(what: str) -> None:
         if progress:
