@@ -9,6 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_statq import QuantConfig, StatqPass
 from onnx_statq.api import make_refiner
 
+# what calibration says of a layer it walked: refitted, or its refit rejected (the tests' few rows per input)
+WALKED = ("refitted", "data-free: no refit beat its data-free levels on the calibration data")
+
 
 def _if_model(make_model, rng, else_nodes=None, else_inits=None, then_after=None, main_inits=None):
     """x -> MatMul(outer) -> h -> If(cond): then MatMul(h, inner) then ``then_after`` (reading t, giving t2), else
@@ -64,7 +67,7 @@ def test_untaken_and_disputed_branches_stay_data_free(make_model, rng):
         report = StatqPass(QuantConfig(bits=3), refiner=make_refiner(m, _feeds(rng, conds)))(m).report
         inner = {layer.name: layer for layer in report.layers}["inner"]
         assert inner.calibration == f"data-free: the calibration feeds take {why} of its If"
-        assert {layer.name: layer for layer in report.layers}["outer"].calibration == "refitted"
+        assert {layer.name: layer for layer in report.layers}["outer"].calibration in WALKED
         # the If runs whole in the streams when the feeds disagree, inner's stored float weights with it: the
         # model-level figure would leave its error out (14.8 dB reported where the file gave 11.7)
         disputed = why == "both branches"
@@ -188,7 +191,7 @@ def test_a_constant_read_inside_a_loop_enters_the_stream(make_model, rng):
     result = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m)
     notes = {layer.name: layer.calibration for layer in result.report.layers}
     why = "data-free: its reader is inside a subgraph that calibration does not inline"
-    assert notes == {"outer": "refitted", "inner": why}
+    assert notes["outer"] in WALKED and notes["inner"] == why
     assert "not_calibrated_in_subgraphs" not in result.report.calibration
     ref_sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -298,6 +298,8 @@ def refit_layer(
             cand = _refitted_feedback(enc, geo, wf, stats, h, yy, refit_levels)
             new = _pick(new, cand, geo, stats.gqq, h, yy)
         feedback_s = time.perf_counter() - t0
+        if new is not enc and _same_codes(new, enc):  # every refit rejected: the layer is not "refitted"
+            new = enc
         if new is not enc:
             new = EncodedTensor(
                 new.representation,
@@ -313,3 +315,10 @@ def refit_layer(
     after = _quad_error(wq, stats.gqq, h, yy)
     delta = (y_sum - stats.sum_q @ wq.T) / max(stats.rows, 1)
     return RefitResult(new, delta.astype(np.float32), _db(before, yy), _db(after, yy), new is not enc, feedback_s)
+
+
+def _same_codes(a: EncodedTensor, b: EncodedTensor) -> bool:
+    """Whether two encodings store the same levels and indices."""
+    if a.codebook is None or b.codebook is None or a.indices is None or b.indices is None:
+        return a is b
+    return np.array_equal(a.codebook.levels, b.codebook.levels) and np.array_equal(a.indices, b.indices)

@@ -249,7 +249,12 @@ def _calibrate_one(
     result = refit_layer(plan.encoded, plan.values, geo, stats, opts.refit_levels, lam, feedback, opts.few)
     if not opts.bias_correction or plan.op not in BIAS_OPS:
         result = dataclasses.replace(result, bias_delta=None)
-    note = "refitted" if result.refitted else "bias only"
+    if result.refitted:
+        note = "refitted"
+    elif result.bias_delta is not None:
+        note = "bias only"
+    else:
+        note = "data-free: no refit beat its data-free levels on the calibration data"
     outcome = LayerOutcome(
         result.encoded, result.bias_delta, result.output_sqnr_before_db, result.output_sqnr_after_db, note
     )
