@@ -311,7 +311,7 @@ def _lazy(calib: Any, calib_mode: CalibrationMode | str) -> bool:
 
 def _refuse_overwrite(dst: Path, inputs: list[Path]) -> None:
     """Refuse an output path (or its ``.data`` file) that is one of the inputs: the inputs are never modified."""
-    targets = {os.path.realpath(dst), os.path.realpath(f"{dst}.data")}
+    targets = {os.path.realpath(dst), os.path.realpath(dst) + ".data"}  # through a link, the data goes by its target
     for p in inputs:
         if os.path.realpath(p) in targets:
             raise OutputError(f"output path {dst} would overwrite the input {p}; inputs are never overwritten")

@@ -122,7 +122,7 @@ def output_target(path: str | os.PathLike[str]) -> Path:
     the JSON report). An existing output that is a folder, a pipe or a device is refused: the finished file is
     renamed onto its path, which would replace the link, pipe or device itself (as root, ``-o /dev/null`` deleted
     the device node)."""
-    target = Path(os.path.realpath(path))
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if os.path.isdir(target):  # os.path: False, not OSError, for a name too long
         raise OutputError(f"output {path} is a directory")
     if os.path.exists(target) and not os.path.isfile(target):

@@ -297,20 +297,20 @@ def test_calibration_options_without_calib_data_are_refused(tmp_path):
 
 
 def test_idle_calibration_settings_are_refused(tmp_path):
-    """Found by a helper: --calib-mode without --calib, --calib-sensitivity with --calib-mode none, and
-    sensitivity with --allocation fixed all ran and did nothing (the report said sensitivity on)."""
+    """Found by a helper: --calib-mode without --calib and sensitivity with --allocation fixed ran and did nothing
+    (the report said sensitivity on); --calib-mode none, which the docs add to a calibrated command to compare,
+    warns that the data and the calibration flags are idle."""
     out = tmp_path / "q.onnx"
     calib = ["--calib", str(DIGITS_CALIB)]
     for flags, said in (
         (["--calib-mode", "independent"], "--calib-mode only acts with --calib DATA"),
-        ([*calib, "--calib-mode", "none", "--calib-sensitivity"], "--calib-sensitivity does nothing with --calib-mode"),
         ([*calib, "--allocation", "fixed", "--calib-sensitivity"], "sensitivity needs allocation 'auto'"),
     ):
         res = cli(str(DIGITS), "-o", str(out), "--no-verify", *flags)
         assert res.returncode == 2 and said in res.stderr and res.stderr.count("\n") == 1, res.stderr
         assert not out.exists()
-    res = cli(str(DIGITS), "-o", str(out), "--no-verify", "-q", *calib, "--calib-mode", "none")
-    assert res.returncode == 0 and "the calibration data is not read" in res.stderr
+    res = cli(str(DIGITS), "-o", str(out), "--no-verify", "-q", *calib, "--calib-mode", "none", "--calib-sensitivity")
+    assert res.returncode == 0 and "the calibration data is not read (--calib-sensitivity does nothing)" in res.stderr
 
 
 def test_calibration_data_a_layer_cannot_take_is_a_data_error(make_model, rng, tmp_path):
@@ -358,3 +358,24 @@ def test_output_through_a_link_lands_on_its_target_and_a_pipe_is_refused(tmp_pat
     res = cli(str(DIGITS), "-o", str(tmp_path / "pipe"), "--no-verify", "-q")
     assert res.returncode == 6 and "is not a regular file" in res.stderr and res.stderr.count("\n") == 1
     assert (tmp_path / "pipe").is_fifo()
+
+
+def test_an_output_link_is_checked_by_its_target_against_the_inputs_external_data(make_model, rng, tmp_path):
+    """Through a link the data file of a large output is named after the link's target, which the overwrite guard
+    did not check: a link to real/model_v2.onnx let the output's data replace the input's model_v2.onnx.data
+    (found in review)."""
+    from onnx_statq import quantize_file
+    from onnx_statq.errors import OutputError
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    m = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], {"w": w})
+    onnx.save(m, tmp_path / "real" / "in.onnx", save_as_external_data=True, location="model_v2.onnx.data")
+    (tmp_path / "links" / "model.onnx").symlink_to(tmp_path / "real" / "model_v2.onnx")
+    before = sha(tmp_path / "real" / "model_v2.onnx.data")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        quantize_file(tmp_path / "real" / "in.onnx", tmp_path / "links" / "model.onnx", verify=False)
+    assert sha(tmp_path / "real" / "model_v2.onnx.data") == before

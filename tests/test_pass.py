@@ -180,6 +180,46 @@ def test_skip_in_a_node_entry_wins_over_its_op_type_and_reaches_into_a_holder(ma
     assert QuantConfig.from_dict({"nodes": {"mm1": {"skip": False}}}).to_dict()["nodes"] == {"mm1": {"skip": False}}
 
 
+def test_main_graph_initializers_read_in_branches_stay_in_the_main_graph(rng):
+    """graphsurgeon exports an outer initializer into every subgraph that reads it: a bias both branches of an If
+    add was stored twice, and a default the caller may override (an initializer that is also a graph input) was
+    dropped from the inputs, then shadowed by its branch copy (found in review). Both stay once, in the main graph,
+    and the override still moves the output."""
+    import onnxruntime as ort
+
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    inits = {"w": w, "bias": rng.standard_normal(64).astype(np.float32), "d": np.zeros(64, np.float32)}
+
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], [f"{name}m"]),
+            helper.make_node("Add", [f"{name}m", "bias"], [f"{name}a"]),
+        ]
+        nodes.append(helper.make_node("Add", [f"{name}a", "d"], [name]))
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 64])])
+
+    inputs = [
+        helper.make_tensor_value_info(n, t, s)
+        for n, t, s in (("x", TensorProto.FLOAT, [4, 64]), ("c", TensorProto.BOOL, []), ("d", TensorProto.FLOAT, [64]))
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch("t"), else_branch=branch("e"))],
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q = quantize(m, QuantConfig(bits=4, min_size=100))
+    branches = [a.g for a in q.graph.node[-1].attribute]
+    assert not {t.name for g in branches for t in g.initializer} & {"bias", "d"}
+    assert {t.name for t in q.graph.initializer} >= {"bias", "d"} and [i.name for i in q.graph.input] == ["x", "c", "d"]
+    sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"x": rng.standard_normal((4, 64)).astype(np.float32), "c": np.array(True)}
+    moved = sess.run(None, {**feed, "d": np.full(64, 5.0, np.float32)})[0] - sess.run(None, feed)[0]
+    np.testing.assert_allclose(moved, 5.0, rtol=1e-5)
+
+
 def test_external_data_left_unloaded_is_an_error_not_a_read_from_the_working_directory(
     conv_model, tmp_path, monkeypatch
 ):

@@ -79,29 +79,45 @@ def _inline(
     links = [
         helper.make_node("Identity", [b.name], [o], name=f"statq_calib_inline_{index}_{k}")
         for k, (b, o) in enumerate(zip(branch.output, node.output, strict=True))
-        if o
+        if o and o != b.name  # a branch output named as the If's output already defines it
     ]
-    inits.extend(branch.initializer)
+    inits.extend(_own_initializers(branch, inits))
     return nodes[:index] + list(branch.node) + links + nodes[index + 1 :]
 
 
-def _defined(nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto]) -> set[str]:
-    """Every name these nodes and initializers define, in their subgraphs too."""
-    names = {o for n in nodes for o in n.output if o} | {t.name for t in inits}
+def _own_initializers(branch: onnx.GraphProto, inits: list[onnx.TensorProto]) -> list[onnx.TensorProto]:
+    """The branch's initializers that are not copies of one the graph already has: onnx-graphsurgeon's export
+    repeats an outer constant a subgraph reads (a Loop's trip count) as an initializer of that subgraph."""
+    have = {t.name: t for t in inits}
+    return [
+        t for t in branch.initializer if t.name not in have or t.SerializeToString() != have[t.name].SerializeToString()
+    ]
+
+
+def _top(nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto]) -> set[str]:
+    """The names these nodes and initializers define in their own graph."""
+    return {o for n in nodes for o in n.output if o} | {t.name for t in inits}
+
+
+def _nested(nodes: Sequence[onnx.NodeProto]) -> set[str]:
+    """The names defined inside these nodes' subgraphs, at any depth."""
+    names: set[str] = set()
     for n in nodes:
         for attr in n.attribute:
             for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                names |= _defined(g.node, g.initializer) | {i.name for i in g.input}
+                names |= _top(g.node, g.initializer) | {i.name for i in g.input} | _nested(g.node)
     return names
 
 
 def _clashes(
     branch: onnx.GraphProto, nodes: list[onnx.NodeProto], at: int, inits: list[onnx.TensorProto], inputs: set[str]
 ) -> bool:
-    """Whether inlining ``branch`` in place of ``nodes[at]`` would define a name twice in one scope: sibling
-    subgraphs may reuse names (two branches' ``t``, two Ifs' initializer ``W``), one graph may not."""
-    rest = _defined(nodes[:at] + nodes[at + 1 :], inits) | inputs
-    return not rest.isdisjoint(_defined(branch.node, branch.initializer))
+    """Whether inlining ``branch`` in place of ``nodes[at]`` would define a name twice in one scope, or a name a
+    subgraph also defines (onnxruntime refuses a subgraph that shadows an outer name). Sibling subgraphs may reuse
+    names (two branches' ``t``, two Ifs' initializer ``W``, two Loop bodies' ``i``), and still may once inlined."""
+    rest = nodes[:at] + nodes[at + 1 :]
+    rest_top, branch_top = _top(rest, inits) | inputs, _top(branch.node, _own_initializers(branch, inits))
+    return not branch_top.isdisjoint(rest_top | _nested(rest)) or not _nested(branch.node).isdisjoint(rest_top)
 
 
 def inline_taken_branches(
@@ -112,12 +128,14 @@ def inline_taken_branches(
     inlined, which runs whole with the weights stored in its branches. Without plans in branches, ``model`` and
     ``plans`` come back as they are.
 
-    A ``data_free`` plan in a branch the feeds do not take stays a plan: its weight enters the streams by name,
-    and may be read outside that branch (an initializer of the main graph read in both branches)."""
+    A ``data_free`` plan in a branch the feeds do not take stays a plan when its weight is defined outside the If
+    (an initializer of the main graph read in both branches): it enters the streams by name. One the If's branches
+    define does not: its name may also be another tensor's in the taken branch."""
     ifs = sorted({p.branch[0] for p in plans if p.branch is not None})
     if not ifs:
         return model, plans, {}, 0
     nodes, inits = list(model.graph.node), list(model.graph.initializer)
+    nodes_before = list(model.graph.node)
     taken: dict[int, str | None] = {}
     why_not: dict[int, str] = {}
     start: dict[int, int] = {}  # If position -> where its branch starts in the flat node list
@@ -141,8 +159,8 @@ def inline_taken_branches(
             kept.append(dataclasses.replace(p, node_index=moved))
         elif taken[p.branch[0]] == p.branch[1]:
             kept.append(dataclasses.replace(p, node_index=start[p.branch[0]] + p.node_index, branch=None))
-        elif p.data_free and taken[p.branch[0]] is not None:
-            kept.append(dataclasses.replace(p, branch=None))
+        elif p.data_free and taken[p.branch[0]] is not None and p.weight not in _nested([nodes_before[p.branch[0]]]):
+            kept.append(dataclasses.replace(p, branch=None))  # read here, defined outside the If: set by name
         else:
             fixed[p.weight] = LayerOutcome(p.encoded, note=f"data-free: {why_not[p.branch[0]]}")
             unrun += taken[p.branch[0]] is None

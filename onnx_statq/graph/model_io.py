@@ -163,13 +163,15 @@ def restore_initializer_inputs(graph: gs.Graph, model: onnx.ModelProto) -> None:
     IR 4 every initializer had to be listed, so it says nothing; :func:`export_graph` lists them all again."""
     if model.ir_version < 4 or len(graph.inputs) == len(model.graph.input):
         return
-    tensors = graph.tensors()
+    tensors = {name: t for g in reversed(list(graphs(graph))) for name, t in g.tensors().items()}  # main graph's last
+    # an input only a subgraph reads (a bias in an If branch) is among that subgraph's tensors, not the main graph's
     graph.inputs = [tensors[i.name] for i in model.graph.input if i.name in tensors]
 
 
 def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export, then restore what graphsurgeon does not carry: model metadata, doc strings, opsets, IR version."""
     out = gs.export_onnx(graph, do_type_check=False)
+    _main_initializers_home(out, {t.name for t in original.graph.initializer})
     if original.ir_version < 4:  # IR 3 wants every initializer, the new codebooks too, among the graph inputs
         listed = {i.name for i in out.graph.input}
         out.graph.input.extend(
@@ -186,6 +188,31 @@ def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     if original.graph.doc_string:
         out.graph.doc_string = original.graph.doc_string
     return out
+
+
+def _main_initializers_home(out: onnx.ModelProto, names: set[str]) -> None:
+    """Put the original main-graph initializers that graphsurgeon exported into the subgraphs reading them back
+    in the main graph, once. Read only in the two branches of an If, a bias went into each branch (stored twice);
+    one that is also a graph input (a default the caller may override) was shadowed by its branch copy, so an
+    override no longer reached the layer."""
+    moved: dict[str, onnx.TensorProto] = {}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            for attr in n.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    keep = [t for t in sub.initializer if t.name not in names]
+                    for t in sub.initializer:
+                        if t.name in names:
+                            moved.setdefault(t.name, t)
+                    if len(keep) != len(sub.initializer):
+                        del sub.initializer[:]
+                        sub.initializer.extend(keep)
+                    visit(sub)
+
+    visit(out.graph)
+    have = {t.name for t in out.graph.initializer}
+    out.graph.initializer.extend(t for name, t in moved.items() if name not in have)
 
 
 @contextlib.contextmanager

@@ -388,9 +388,10 @@ def _calibrated_use(w: Weight, graph: gs.Graph, where: dict[int, Position]) -> t
     (None: at its Constant node) and why it is not refitted."""
     readers = _readers(w, graph)
     placed = [u for u in w.uses if id(u.node) in where]
-    if readers > 1:
-        first = min(placed, key=lambda u: _order(where[id(u.node)]), default=None)
-        return first, f"{readers} nodes or outputs read it, and a refit fits one layer's output"
+    if readers > 1:  # anchored in the main graph where it can be: an If there may not be inlined
+        first = min(placed, key=lambda u: (where[id(u.node)][1] is not None, _order(where[id(u.node)])), default=None)
+        in_main = w.source is not None and id(w.source) in where and where[id(w.source)][1] is None
+        return (None if in_main else first), f"{readers} nodes or outputs read it, and a refit fits one layer's output"
     if not placed:
         return None, "its reader is inside a subgraph that calibration does not inline"
     use = placed[0]
