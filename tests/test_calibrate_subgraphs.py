@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -130,11 +131,9 @@ def test_calibrated_branch_model_runs_and_beats_data_free(make_model, rng):
     assert error(tuned) < error(outer_only) < error(free)
 
 
-def test_weights_in_deeper_subgraphs_are_reported_not_calibrated(make_model, rng):
-    """A Loop body is not inlined: its weight stays data-free and the model-level figure is withheld."""
-    outer = rng.standard_normal((64, 64)).astype(np.float32)
-    inner = rng.standard_normal((64, 64)).astype(np.float32)
-    body = helper.make_graph(
+def _loop_body(inits: list) -> onnx.GraphProto:
+    """A Loop body computing t = MatMul(h, inner), h and (unless in ``inits``) inner read from the outer scope."""
+    return helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
             helper.make_node("MatMul", ["h", "inner"], ["t"], name="loop_mm"),
@@ -148,16 +147,32 @@ def test_weights_in_deeper_subgraphs_are_reported_not_calibrated(make_model, rng
             helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 64]),
         ],
-        [numpy_helper.from_array(inner, "inner")],
+        inits,
     )
+
+
+def _loop_model(make_model, rng, inner_in_body: bool):
+    """x -> MatMul(outer) -> h -> Loop (one trip) of MatMul(h, inner); inner an initializer of the body, or a
+    Constant node of the main graph; with four calibration feeds."""
+    value = rng.standard_normal((64, 64)).astype(np.float32)
+    body = _loop_body([numpy_helper.from_array(value, "inner")] if inner_in_body else [])
     nodes = [
         helper.make_node("MatMul", ["x", "outer"], ["h"], name="mm"),
         helper.make_node("Loop", ["trip", ""], ["y"], body=body, name="loop"),
     ]
+    if not inner_in_body:
+        const = numpy_helper.from_array(value, "inner_value")
+        nodes.insert(0, helper.make_node("Constant", [], ["inner"], value=const, name="inner_const"))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])
+    outer = rng.standard_normal((64, 64)).astype(np.float32)
     m = make_model(nodes, [x], [y], {"outer": outer, "trip": np.array(1, np.int64)})
-    feeds = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
+    return m, [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
+
+
+def test_weights_in_deeper_subgraphs_are_reported_not_calibrated(make_model, rng):
+    """A Loop body is not inlined: its weight stays data-free and the model-level figure is withheld."""
+    m, feeds = _loop_model(make_model, rng, inner_in_body=True)
     report = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m).report
     assert report.calibration["layers_calibrated"] == 1  # outer
     assert report.calibration["not_calibrated_in_subgraphs"] == 1  # inner
@@ -174,32 +189,7 @@ def test_a_constant_read_inside_a_loop_enters_the_stream(make_model, rng):
 
     from onnx_statq.calibrate.session import model_output_sqnr
 
-    outer = rng.standard_normal((64, 64)).astype(np.float32)
-    inner = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "inner_value")
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["h", "inner"], ["t"], name="loop_mm"),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 64]),
-        ],
-    )
-    nodes = [
-        helper.make_node("Constant", [], ["inner"], value=inner, name="inner_const"),
-        helper.make_node("MatMul", ["x", "outer"], ["h"], name="mm"),
-        helper.make_node("Loop", ["trip", ""], ["y"], body=body, name="loop"),
-    ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])
-    m = make_model(nodes, [x], [y], {"outer": outer, "trip": np.array(1, np.int64)})
-    feeds = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
+    m, feeds = _loop_model(make_model, rng, inner_in_body=False)
     result = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m)
     notes = {layer.name: layer.calibration for layer in result.report.layers}
     why = "data-free: its reader is inside a subgraph that calibration does not inline"
