@@ -133,13 +133,13 @@ def inspect_model(
     except NoWeightsError:
         todo, encoded = [], {}
     result = Inspection(model=name, config=report.config)
-    for w in todo:
+    for index, w in enumerate(todo):
         values, enc = w.values, encoded[id(w)]
         kept = unchanged_reason(values, enc)
         if kept:
             report.skipped.append(SkipRecord(w.tensor.name, kept, int(values.size)))
             continue
-        stats = _stats(w.tensor.name, w.uses[0].node.op, values, enc, report.predicted.get(w.tensor.name))
+        stats = _stats(w.tensor.name, w.uses[0].node.op, values, enc, report.predicted.get(index))
         if plot_dir is not None:
             path = Path(plot_dir) / _file_name(len(result.tensors), w.tensor.name)
             plot_tensor(path, stats, values, enc)

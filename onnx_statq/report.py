@@ -56,7 +56,9 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
-    predicted: dict[str, float] = field(default_factory=dict)  # weight name -> predicted relative error
+    # the position of a weight among the pass's planned weights -> its predicted relative error (not by name:
+    # sibling subgraphs may hold two weights of one name, and each showed the other's prediction)
+    predicted: dict[int, float] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)  # weight name -> measured, median 1 (calibration)
 
     def weight_bytes(self) -> tuple[int, int]:

@@ -220,6 +220,108 @@ def test_main_graph_initializers_read_in_branches_stay_in_the_main_graph(rng):
     np.testing.assert_allclose(moved, 5.0, rtol=1e-5)
 
 
+def _loads(q: onnx.ModelProto):
+    import onnxruntime as ort
+
+    onnx.checker.check_model(q, full_check=True)
+    return ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_the_default_domain_imported_as_ai_onnx(rng):
+    """graphsurgeon kept the model's own opset list and added {"": 1} to it on export: the output's decode resolved
+    at opset 1 (checker and onnxruntime refused it, exit 0 with --no-verify) and the caller's model changed too
+    (found by a helper)."""
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 64]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], domain="")], "g", [x], [y], [w])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx", 17)])
+    before = m.SerializeToString()
+    q = quantize(m)
+    assert m.SerializeToString() == before
+    assert [(o.domain, o.version) for o in q.opset_import] == [("ai.onnx", 17)]
+    _loads(q)
+
+
+@pytest.mark.parametrize("other", ["main", "branch", "output"])
+def test_a_weight_also_read_outside_its_layers_graph_is_decoded_where_every_reader_sees_it(rng, other):
+    """An initializer read as a weight in one If branch only, but also by a plain op in the main graph or the
+    other branch, or returned as a graph output: its decode went into the branch, out of the other reader's
+    sight, and the output was invalid (exit 0 with --no-verify; found by a helper)."""
+    vi = helper.make_tensor_value_info
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [], [vi("t", TensorProto.FLOAT, None)]
+    )
+    else_node = (
+        helper.make_node("Add", ["x", "w"], ["e"]) if other == "branch" else helper.make_node("Identity", ["x"], ["e"])
+    )
+    other_branch = helper.make_graph([else_node], "else", [], [vi("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("If", ["c"], ["y0"], then_branch=then, else_branch=other_branch)]
+    nodes.append(
+        helper.make_node("Mul" if other == "main" else "Identity", ["y0", "w"] if other == "main" else ["y0"], ["y"])
+    )
+    outputs = [vi("y", TensorProto.FLOAT, [64, 64])] + (
+        [vi("w", TensorProto.FLOAT, [64, 64])] if other == "output" else []
+    )
+    inputs = [vi("c", TensorProto.BOOL, []), vi("x", TensorProto.FLOAT, [64, 64])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess, ref = _loads(quantize(m, bits=8)), _loads(m)
+    for c in (True, False):
+        feed = {"c": np.array(c), "x": rng.standard_normal((64, 64)).astype(np.float32)}
+        assert sqnr(ref.run(None, feed)[0], sess.run(None, feed)[0]) > 30
+
+
+def test_a_tied_weight_reached_through_a_chain_is_stored_once(make_model, rng):
+    """An embedding read by a Gather and, transposed, by the output MatMul (a tied LM head): the fold gave the
+    MatMul a transposed copy and kept the table, so the file stored the weight twice (250 KB -> 64 KB instead of
+    32 KB) and the two uses were quantized apart (found by a helper). And one initializer transposed in both
+    branches of an If was folded once per branch."""
+    e = rng.standard_normal((1000, 64)).astype(np.float32)
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1000])
+    nodes = [
+        helper.make_node("Gather", ["e", "ids"], ["h"]),
+        helper.make_node("Transpose", ["e"], ["et"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "et"], ["y"]),
+    ]
+    q = quantize(make_model(nodes, [ids], [y], {"e": e}), bits=4)
+    assert len(q.SerializeToString()) < 0.2 * e.nbytes  # one 4-bit table; two would be over a quarter
+    vi = helper.make_tensor_value_info
+
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [
+            helper.make_node("Transpose", ["w"], [f"{name}t"], perm=[1, 0]),
+            helper.make_node("MatMul", ["x", f"{name}t"], [name]),
+        ]
+        return helper.make_graph(nodes, name, [], [vi(name, TensorProto.FLOAT, None)])
+
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    nodes = [helper.make_node("If", ["c"], ["z"], then_branch=branch("a"), else_branch=branch("b"))]
+    inputs = [vi("c", TensorProto.BOOL, []), vi("x", TensorProto.FLOAT, [2, 256])]
+    q = quantize(make_model(nodes, inputs, [vi("z", TensorProto.FLOAT, [2, 256])], {"w": w}), bits=4)
+    assert len(q.SerializeToString()) < 0.2 * w.nbytes
+
+
+def test_node_and_graph_annotations_are_kept(make_model, rng):
+    """graphsurgeon dropped every node's doc_string and metadata_props (the torch exporter's module paths), the
+    graph's metadata_props and the doc strings of its inputs and outputs; the README says they are kept."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    mm = helper.make_node("MatMul", ["x", "w"], ["h"], name="mm", doc_string="matmul doc")
+    helper.set_metadata_props(mm, {"namespace": "model.layer0: Linear"})
+    relu = helper.make_node("Relu", ["h"], ["y"], name="relu", doc_string="relu doc")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64], doc_string="input doc")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
+    m = make_model([mm, relu], [x], [y], {"w": w})
+    helper.set_metadata_props(m.graph, {"graph_meta": "1"})
+    q = quantize(m)
+    nodes = {n.name: n for n in q.graph.node}
+    assert nodes["mm"].doc_string == "matmul doc" and nodes["relu"].doc_string == "relu doc"
+    assert {p.key: p.value for p in nodes["mm"].metadata_props} == {"namespace": "model.layer0: Linear"}
+    assert {p.key: p.value for p in q.graph.metadata_props} == {"graph_meta": "1"}
+    assert q.graph.input[0].doc_string == "input doc"
+
+
 def test_external_data_left_unloaded_is_an_error_not_a_read_from_the_working_directory(
     conv_model, tmp_path, monkeypatch
 ):
@@ -597,3 +699,25 @@ def test_bfloat16_constant_beside_a_weight_is_reported_not_fatal():
     result = StatqPass(QuantConfig(min_size=100))(model)
     assert [r.name for r in result.report.layers] == ["w"]
     assert any(s.name == "b" and "not a weight input" in s.reason for s in result.report.skipped)
+
+
+def test_sibling_weights_of_one_name_each_show_their_own_prediction(rng):
+    """The prediction was kept by weight name, so of two weights named W in an If's two branches the table showed
+    the second's prediction for both (found by a helper)."""
+    vi = helper.make_tensor_value_info
+
+    def branch(name: str, w: np.ndarray) -> onnx.GraphProto:
+        out = vi(f"o_{name}", TensorProto.FLOAT, [2, 64])
+        node = helper.make_node("MatMul", ["x", "W"], [f"o_{name}"])
+        return helper.make_graph([node], name, [], [out], [numpy_helper.from_array(w, "W")])
+
+    gauss = rng.standard_normal((64, 64)).astype(np.float32)
+    bimodal = (np.sign(rng.standard_normal((64, 64))) + 0.05 * rng.standard_normal((64, 64))).astype(np.float32)
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch("a", gauss), else_branch=branch("b", bimodal))
+    inputs = [vi("c", TensorProto.BOOL, []), vi("x", TensorProto.FLOAT, [2, 64])]
+    graph = helper.make_graph([node], "g", inputs, [vi("y", TensorProto.FLOAT, [2, 64])])
+    report = StatqPass(QuantConfig())(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).report
+    assert [r.name for r in report.layers] == ["W", "W"]
+    for r in report.layers:
+        assert r.predicted_rel_error == pytest.approx(r.rel_error, rel=0.15)
+    assert report.layers[0].predicted_rel_error != report.layers[1].predicted_rel_error

@@ -84,6 +84,11 @@ def _self_contained(chains: dict[int, tuple[gs.Tensor, list[gs.Node]]]) -> dict[
                 for node in chain
                 for out in node.outputs
             )
+            or any(  # an initializer the chain reads that something else reads too (a tied embedding) stays
+                isinstance(src, gs.Constant) and any(id(r) not in members for r in src.outputs)
+                for node in chain
+                for src in node.inputs
+            )
         ]
         if not bad:
             return kept
@@ -129,6 +134,31 @@ def _drop_unused(graphs: list[gs.Graph], nodes: list[gs.Node], keep: set[str]) -
                 changed = True
 
 
+def _parents(graphs: list[gs.Graph]) -> dict[int, gs.Graph]:
+    """Each subgraph (by id) -> the graph whose node holds it."""
+    return {
+        id(sub): g
+        for g in graphs
+        for node in g.nodes
+        for attr in node.attrs.values()
+        for sub in (attr if isinstance(attr, list) else [attr])
+        if isinstance(sub, gs.Graph)
+    }
+
+
+def _enclosing(parent: dict[int, gs.Graph], inner: list[gs.Graph]) -> gs.Graph:
+    """The innermost graph that is, or holds, every graph of ``inner``."""
+
+    def chain(g: gs.Graph) -> list[gs.Graph]:
+        out = [g]
+        while id(out[-1]) in parent:
+            out.append(parent[id(out[-1])])
+        return out
+
+    common = set.intersection(*({id(c) for c in chain(g)} for g in inner))
+    return next(g for g in chain(inner[0]) if id(g) in common)
+
+
 def fold_weight_chains(graphs: list[gs.Graph], opset: int, fresh: Callable[[str], str]) -> list[str]:
     """Replace every foldable weight chain by a constant in the layer's graph; the names of the folded tensors.
 
@@ -150,27 +180,29 @@ def fold_weight_chains(graphs: list[gs.Graph], opset: int, fresh: Callable[[str]
                         candidates[id(t)] = (t, chain)
                 readers.append((node, slot.index, t))
     homes = {id(n): g for g in graphs for n in g.nodes}
-    folded: dict[int, gs.Variable] = {}
-    shared: dict[tuple[int, str, tuple[int, ...], bytes], gs.Variable] = {}
+    values: dict[tuple[str, tuple[int, ...], bytes], list[tuple[int, gs.Tensor, np.ndarray]]] = {}
     for key, (t, chain) in _self_contained(candidates).items():
         value = _evaluate(chain, t, opset)
-        if value is None:
-            continue
-        # The chain's sources sit in a graph every reader can see. Two chains computing the same tensor from one
-        # source (an LSTM unrolled as two nodes, each reordering the same gates) share one folded constant there,
-        # so the fold never stores a weight twice where the model stored it once.
-        home = homes[id(chain[0])]
-        ident = (id(home), str(value.dtype), value.shape, value.tobytes())
-        if ident not in shared:
-            name = fresh(f"{t.name}.folded")
-            shared[ident] = _add_constant(home, value, name, fresh(f"{name}/Constant"))
-        folded[key] = shared[ident]
+        if value is not None:
+            values.setdefault((str(value.dtype), value.shape, value.tobytes()), []).append((key, t, value))
+    # Chains computing the same tensor (an LSTM unrolled as two nodes, each reordering the same gates; one
+    # initializer transposed in both branches of an If) share one folded constant, in the innermost graph that
+    # holds all their readers, so the fold never stores a weight twice where the model stored it once.
+    parent = _parents(graphs)
+    folded: dict[int, gs.Variable] = {}
+    shared: list[gs.Variable] = []
+    for group in values.values():
+        _, t0, value = group[0]
+        home = _enclosing(parent, [homes[id(n)] for _, t, _ in group for n in t.outputs if id(n) in homes])
+        name = fresh(f"{t0.name}.folded")
+        shared.append(_add_constant(home, value, name, fresh(f"{name}/Constant")))
+        folded.update({key: shared[-1] for key, _, _ in group})
     for node, index, t in readers:
         if id(t) in folded:
             node.inputs[index] = folded[id(t)]
     outputs = {o.name for g in graphs for o in g.outputs}
     _drop_unused(graphs, [n for key in folded for n in candidates[key][1]], outputs)
-    names = [v.name for v in shared.values()]
+    names = [v.name for v in shared]
     if names:
         logger.info("folded %d weight chain(s) of data-movement ops into constants", len(names))
     return names

@@ -7,6 +7,7 @@ Kept apart from :mod:`.pass_`, which decides what to encode; nothing here looks 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 
@@ -125,6 +126,9 @@ def itemsize(dtype: object) -> int:
 def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, int]:
     """The graph the pass plans on, and the model's bytes besides its constants (``overhead`` of :meth:`plan`)."""
     graph = gs.import_onnx(model)
+    # graphsurgeon keeps the model's own opset list and adds to it on export (a model importing the default
+    # domain as "ai.onnx" gained {"": 1}, in the caller's model too, and its decode resolved at opset 1)
+    graph.import_domains = [copy.copy(d) for d in (graph.import_domains or [])] or None
     restore_initializer_inputs(graph, model)
     fold_chains(graph, model)
     try:
@@ -187,7 +191,41 @@ def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     out.metadata_props.extend(original.metadata_props)
     if original.graph.doc_string:
         out.graph.doc_string = original.graph.doc_string
+    _restore_annotations(original.graph, out.graph)
     return out
+
+
+def _restore_annotations(original: onnx.GraphProto, out: onnx.GraphProto) -> None:
+    """Put back the doc strings and metadata_props graphsurgeon drops below the model: each node's (the torch
+    exporter writes its module path there), the graph's own metadata, its inputs', outputs' and value_info's doc
+    strings; then in the subgraphs, matched through the node and attribute that hold them. A node is matched by
+    its op type, name and outputs, which nothing here changes; the pass's own nodes have no match."""
+    if len(original.metadata_props):
+        del out.metadata_props[:]
+        out.metadata_props.extend(original.metadata_props)
+    docs = {v.name: v.doc_string for v in (*original.input, *original.output, *original.value_info) if v.doc_string}
+    for v in (*out.input, *out.output, *out.value_info):
+        if v.name in docs:
+            v.doc_string = docs[v.name]
+    nodes = {(n.op_type, n.name, tuple(n.output)): n for n in original.node}
+    for n in out.node:
+        before = nodes.get((n.op_type, n.name, tuple(n.output)))
+        if before is None:
+            continue
+        if before.doc_string:
+            n.doc_string = before.doc_string
+        if len(before.metadata_props):
+            del n.metadata_props[:]
+            n.metadata_props.extend(before.metadata_props)
+        subgraphs = {
+            a.name: a for a in before.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        }
+        for attr in n.attribute:
+            if attr.name in subgraphs and attr.type == onnx.AttributeProto.GRAPH:
+                _restore_annotations(subgraphs[attr.name].g, attr.g)
+            elif attr.name in subgraphs and attr.type == onnx.AttributeProto.GRAPHS:
+                for a, b in zip(subgraphs[attr.name].graphs, attr.graphs, strict=False):
+                    _restore_annotations(a, b)
 
 
 def _main_initializers_home(out: onnx.ModelProto, names: set[str]) -> None:

@@ -97,10 +97,10 @@ class StatqPass:
         outcomes = self._refine(seen, graph, todo, encoded, report)
         del seen
         tables = SharedTables(fresh, opset)  # one table per plane and graph, read by every weight decoded there
-        for w in todo:
+        for index, w in enumerate(todo):
             outcome = outcomes.get(id(w))
             enc = encoded.pop(id(w))  # dropped once written: the indices of a large model add up
-            self._rewrite(w, outcome.encoded if outcome else enc, opset, fresh, tables, report, outcome)
+            self._rewrite(w, index, outcome.encoded if outcome else enc, opset, fresh, tables, report, outcome)
         tables.place()
         out = export_graph(graph, model)
         if base_dir is not None:
@@ -204,10 +204,11 @@ class StatqPass:
         layouts = choice.layouts or [encoded[id(w)].representation for w in free]
         widths = [(w, encoded[id(w)], b, lay) for w, b, lay in zip(free, choice.bits, layouts, strict=True)]
         final = ordered_map(self._reencode, widths, self.config.workers, _sizes(free))
+        position = {id(w): i for i, w in enumerate(todo)}
         for i, (w, curve, (enc, b)) in enumerate(zip(free, choice.predicted, final, strict=True)):
             encoded[id(w)] = enc
             choice.bits[i] = b if enc.codebook is not None else 16
-            report.predicted[w.tensor.name] = curve[min(b, HI_BITS)]
+            report.predicted[position[id(w)]] = curve[min(b, HI_BITS)]
         books = [(int(w.values.size), b) for w, b in zip(free, choice.bits, strict=True) if encoded[id(w)].codebook]
         report.totals["average_index_bits"] = (
             sum(n * b for n, b in books) / max(sum(n for n, _ in books), 1) if books else None  # all float16
@@ -316,6 +317,7 @@ class StatqPass:
     def _rewrite(
         self,
         w: Weight,
+        index: int,
         enc: EncodedTensor,
         opset: int,
         fresh: Callable[[str], str],
@@ -350,7 +352,7 @@ class StatqPass:
                 bits=enc.codebook.bits if enc.codebook else 16,
                 k=enc.codebook.k if enc.codebook else 0,
                 rel_error=enc.rel_error,
-                predicted_rel_error=report.predicted.get(w.tensor.name),
+                predicted_rel_error=report.predicted.get(index),
                 bytes_before=int(values.nbytes),
                 bytes_after=enc.stored_bytes,
                 consumers=tuple(u.node.name or u.node.op for u in w.uses),

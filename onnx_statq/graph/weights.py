@@ -102,9 +102,12 @@ def find_weights(graph: gs.Graph, config: QuantConfig, report: Report) -> list[W
                     settings = replace(settings, skip=True)
                 w.uses.append(Use(node, g, slot.axis(node.attrs, shape), settings, slot.role, slot.index))
     parent = parents(graph)
+    owner = {id(n): g for g in graphs(graph) for n in g.nodes}
     for w in found.values():
-        if w.source is None:
-            w.scope = enclosing(parent, [u.graph for u in w.uses])
+        if w.source is None:  # every reader sees the decode: weight uses, other ops, a graph's outputs
+            readers = [owner[id(n)] for n in w.tensor.outputs if id(n) in owner]
+            returned = [g for g in graphs(graph) if any(o is w.tensor for o in g.outputs)]
+            w.scope = enclosing(parent, [u.graph for u in w.uses] + readers + returned)
     _report_sparse(list(sparse.values()), report)
     _report_other_constants(graph, found.keys() | sparse, report)
     check_names(graph, list(found.values()), config)
