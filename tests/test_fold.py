@@ -143,3 +143,54 @@ def test_one_source_read_by_lstms_in_both_branches_is_stored_once(make_model, rn
     for c in (True, False):
         feeds = {"x": xv, "cond": np.array(c)}
         assert sqnr(run(m, feeds)[0], run(q, feeds)[0]) > 25
+
+
+def test_shared_shape_and_axes_constants_do_not_stop_a_fold(make_model, rng):
+    """The chain's small integer constants (a Reshape's shape, an Unsqueeze's axes) are often shared with other
+    nodes; the check for a weight something else also reads counted them, and the LSTM's and a Reshape's weights
+    went unquantized (NoWeightsError; found in review). Only weight data counts now."""
+    m = _gate_reordered_lstm(make_model, rng)
+    shared_axes = next(n for n in m.graph.node if n.output[0] == "wih_ax")
+    m.graph.node.append(helper.make_node("Unsqueeze", ["x", "wih_ax"], ["x4"], name="uses_the_axes"))
+    m.graph.output.append(helper.make_tensor_value_info("x4", TensorProto.FLOAT, None))
+    assert shared_axes.op_type == "Constant"
+    report = StatqPass(QuantConfig(bits=6, min_size=1000))(m).report
+    assert len(report.layers) == 2 and {layer.op for layer in report.layers} == {"LSTM"}
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    shape = np.array([64, 64], np.int64)
+    nodes = [
+        helper.make_node("Reshape", ["w", "shape"], ["w2"]),
+        helper.make_node("MatMul", ["x", "w2"], ["h"]),
+        helper.make_node("Reshape", ["h", "shape"], ["y"]),  # the same shape initializer, on an activation
+    ]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [64, 64]) for n in ("x", "y"))
+    assert [
+        r.op for r in StatqPass(QuantConfig())(make_model(nodes, [x], [y], {"w": w, "shape": shape})).report.layers
+    ] == ["MatMul"]
+
+
+def test_two_weights_that_hold_equal_values_stay_two(make_model, rng):
+    """Folded chains were shared by their bytes alone, so two weights holding equal values became one: an exclude
+    or a width set for one layer then applied to both (found in review). Only chains from one source share."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["at"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "at"], ["h"], name="mm_a"),
+        helper.make_node("Transpose", ["b"], ["bt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "bt"], ["y"], name="mm_b"),
+    ]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 64]) for n in ("x", "y"))
+    m = make_model(nodes, [x], [y], {"a": w, "b": w.copy()})
+    report = StatqPass(QuantConfig(exclude=("mm_b",)))(m).report
+    assert [(r.name, r.consumers) for r in report.layers] == [("at.folded", ("mm_a",))]
+
+
+def test_an_overridable_initializer_is_not_folded(make_model, rng):
+    """An initializer that is also a graph input is a default the caller may override: folding its Transpose gave
+    the layer a copy the override no longer reached (found in review)."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 64]) for n in ("x", "y"))
+    m = make_model(nodes, [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 64])], [y], {"w": w})
+    with pytest.raises(NoWeightsError):
+        StatqPass(QuantConfig())(m)

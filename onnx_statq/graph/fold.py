@@ -40,8 +40,8 @@ def _chain(t: gs.Tensor, outer: set[int]) -> list[gs.Node] | None:
     seen: set[int] = set()
 
     def visit(x: gs.Tensor) -> bool:
-        if isinstance(x, gs.Constant):
-            return True
+        if isinstance(x, gs.Constant):  # not one that is also a graph input: the caller may override it
+            return id(x) not in outer
         if not isinstance(x, gs.Variable) or len(x.inputs) != 1 or id(x) in outer:
             return False
         node = x.inputs[0]
@@ -68,10 +68,30 @@ def _weight_reads_only(t: gs.Tensor) -> bool:
     )
 
 
+def _is_data(t: gs.Tensor) -> bool:
+    """A float initializer: weight data, not the shape, axes or indices a chain's ops read (small integer
+    constants that exporters share between many nodes)."""
+    return isinstance(t, gs.Constant) and t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.floating)
+
+
+def _small_constant(node: gs.Node) -> bool:
+    """A Constant node holding no weight data (a shape, axes, slice bounds)."""
+    value = node.attrs.get("value") if node.op == "Constant" else None
+    return isinstance(value, gs.Constant) and not _is_data(value)
+
+
+def _sources(chain: list[gs.Node]) -> tuple[int, ...]:
+    """The weight data a chain reads: its float initializers and its Constant nodes' outputs."""
+    inits = {id(t) for node in chain for t in node.inputs if _is_data(t)}
+    consts = {id(o) for node in chain if node.op == "Constant" and not _small_constant(node) for o in node.outputs}
+    return tuple(sorted(inits | consts))
+
+
 def _self_contained(chains: dict[int, tuple[gs.Tensor, list[gs.Node]]]) -> dict[int, tuple[gs.Tensor, list[gs.Node]]]:
     """The chains whose values nothing but folded chains reads: folding them frees every node they hold, instead
     of keeping a chain beside a copy. Chains may share nodes (two LSTMs reading one source constant), so a chain
-    is dropped only when something outside all kept chains reads it, until no more is dropped."""
+    is dropped only when something outside all kept chains reads it, until no more is dropped. The small integer
+    constants a chain's ops read (shapes, axes, bounds) may have other readers: they stay, the weight is folded."""
     kept = dict(chains)
     while True:
         members = {id(n) for _, chain in kept.values() for n in chain}
@@ -82,10 +102,11 @@ def _self_contained(chains: dict[int, tuple[gs.Tensor, list[gs.Node]]]) -> dict[
             if any(
                 out is not t and id(out) not in tops and any(id(r) not in members for r in out.outputs)
                 for node in chain
+                if not _small_constant(node)  # shapes and axes other nodes read too stay, and cost nothing
                 for out in node.outputs
             )
-            or any(  # an initializer the chain reads that something else reads too (a tied embedding) stays
-                isinstance(src, gs.Constant) and any(id(r) not in members for r in src.outputs)
+            or any(  # a float initializer the chain reads that something else reads too (a tied embedding)
+                _is_data(src) and any(id(r) not in members for r in src.outputs)
                 for node in chain
                 for src in node.inputs
             )
@@ -180,14 +201,16 @@ def fold_weight_chains(graphs: list[gs.Graph], opset: int, fresh: Callable[[str]
                         candidates[id(t)] = (t, chain)
                 readers.append((node, slot.index, t))
     homes = {id(n): g for g in graphs for n in g.nodes}
-    values: dict[tuple[str, tuple[int, ...], bytes], list[tuple[int, gs.Tensor, np.ndarray]]] = {}
+    values: dict[tuple[tuple[int, ...], str, tuple[int, ...], bytes], list[tuple[int, gs.Tensor, np.ndarray]]] = {}
     for key, (t, chain) in _self_contained(candidates).items():
         value = _evaluate(chain, t, opset)
         if value is not None:
-            values.setdefault((str(value.dtype), value.shape, value.tobytes()), []).append((key, t, value))
-    # Chains computing the same tensor (an LSTM unrolled as two nodes, each reordering the same gates; one
-    # initializer transposed in both branches of an If) share one folded constant, in the innermost graph that
-    # holds all their readers, so the fold never stores a weight twice where the model stored it once.
+            ident = (_sources(chain), str(value.dtype), value.shape, value.tobytes())
+            values.setdefault(ident, []).append((key, t, value))
+    # Chains computing the same tensor from the same weight (an LSTM unrolled as two nodes, each reordering the
+    # same gates; one initializer transposed in both branches of an If) share one folded constant, in the innermost
+    # graph that holds all their readers, so the fold never stores a weight twice where the model stored it once.
+    # Two weights that merely hold equal values stay two: a setting or an exclude may name one of them.
     parent = _parents(graphs)
     folded: dict[int, gs.Variable] = {}
     shared: list[gs.Variable] = []
