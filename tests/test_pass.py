@@ -721,3 +721,25 @@ def test_sibling_weights_of_one_name_each_show_their_own_prediction(rng):
     for r in report.layers:
         assert r.predicted_rel_error == pytest.approx(r.rel_error, rel=0.15)
     assert report.layers[0].predicted_rel_error != report.layers[1].predicted_rel_error
+
+
+def test_an_ir3_model_with_a_weight_decoded_in_a_branch_loads(rng):
+    """Below IR 4 an initializer must also be an input of its graph, which an If branch cannot have: the codebooks
+    of a weight read in one branch only went there as initializers, and onnxruntime refused the file (found in
+    review). They go there as Constant nodes."""
+    vi = helper.make_tensor_value_info
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["t"])], "t", [], [vi("t", TensorProto.FLOAT, None)]
+    )
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "e", [], [vi("e", TensorProto.FLOAT, None)])
+    inputs = [vi("c", TensorProto.BOOL, []), vi("x", TensorProto.FLOAT, [2, 64]), vi("w", TensorProto.FLOAT, [64, 64])]
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+    graph = helper.make_graph(
+        [node], "g", inputs, [vi("y", TensorProto.FLOAT, [2, 64])], [numpy_helper.from_array(w, "w")]
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    m.ir_version = 3
+    sess, ref = _loads(quantize(m, bits=8)), _loads(m)
+    feed = {"c": np.array(True), "x": rng.standard_normal((2, 64)).astype(np.float32)}
+    assert sqnr(ref.run(None, feed)[0], sess.run(None, feed)[0]) > 35

@@ -177,6 +177,7 @@ def export_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     out = gs.export_onnx(graph, do_type_check=False)
     _main_initializers_home(out, {t.name for t in original.graph.initializer})
     if original.ir_version < 4:  # IR 3 wants every initializer, the new codebooks too, among the graph inputs
+        _subgraph_initializers_as_constants(out.graph)
         listed = {i.name for i in out.graph.input}
         out.graph.input.extend(
             onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
@@ -226,6 +227,24 @@ def _restore_annotations(original: onnx.GraphProto, out: onnx.GraphProto) -> Non
             elif attr.name in subgraphs and attr.type == onnx.AttributeProto.GRAPHS:
                 for a, b in zip(subgraphs[attr.name].graphs, attr.graphs, strict=False):
                     _restore_annotations(a, b)
+
+
+def _subgraph_initializers_as_constants(graph: onnx.GraphProto) -> None:
+    """Below IR 4 an initializer must also be an input of its graph, which an If branch cannot have: the codebooks
+    of a weight decoded in a branch go there as Constant nodes (onnxruntime refused the file)."""
+    for n in graph.node:
+        for attr in n.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                listed = {i.name for i in sub.input}
+                moved = [t for t in sub.initializer if t.name not in listed]
+                if moved:
+                    kept = [t for t in sub.initializer if t.name in listed]
+                    del sub.initializer[:]
+                    sub.initializer.extend(kept)
+                    nodes = [onnx.helper.make_node("Constant", [], [t.name], value=t) for t in moved] + list(sub.node)
+                    del sub.node[:]
+                    sub.node.extend(nodes)
+                _subgraph_initializers_as_constants(sub)
 
 
 def _main_initializers_home(out: onnx.ModelProto, names: set[str]) -> None:
