@@ -37,7 +37,12 @@ def bias_input_delta(
     Gemm's C may be a whole matrix, a scalar or a single value, which a per-channel delta cannot be folded into
     (calibration raised ValueError on them before)."""
     scale = float(attrs.get("beta", 1.0)) if op == "Gemm" else 1.0
-    if scale == 0.0 or (bias_shape is not None and int(np.prod(bias_shape, dtype=np.int64)) != delta.size):
+    # one value per output channel, along the last axis: a Gemm's C of [M, 1] broadcasts along the rows, and when
+    # M equals N a per-channel delta folded into it moved each row instead (held-out SQNR 10.2 -> 8.9 dB)
+    per_channel = bias_shape is None or (
+        len(bias_shape) >= 1 and bias_shape[-1] == delta.size and all(d == 1 for d in bias_shape[:-1])
+    )
+    if scale == 0.0 or not per_channel:
         return None
     moved = delta.astype(np.float64) / scale
     return moved if bias_shape is None else moved.reshape(bias_shape)

@@ -36,6 +36,11 @@ _ELEM = {
 }
 
 
+# inside the float model, finite data can still overflow: nothing to fit a layer to, and a bias correction from it
+# wrote NaN into the file (every output NaN, exit 0)
+NON_FINITE = "the float model gives NaN or Inf on the calibration data, which calibration cannot fit to"
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
@@ -112,6 +117,14 @@ def _batched(arrays: dict[str, Any], batch: int, what: str, where: str) -> Itera
         yield {k: a[start : start + batch] for k, a in arrays.items()}
 
 
+def _fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size every input declares on its first axis, if they all fix the same one: an .npz's samples are
+    then cut into batches of it (batches of 8 met a model declared [1, 3, 8, 8] with a shape error)."""
+    firsts = {spec.shape[0] if spec.shape else None for spec in specs}
+    first = firsts.pop() if len(firsts) == 1 else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
 def feed_samples(feed: Mapping[str, np.ndarray]) -> int:
     """The samples a feed holds: the first axis of its first input that has one, else 1 (a feed of scalars is one
     call). The first input alone is not enough: a model may take a scalar first (a sample rate), whose len() fails."""
@@ -132,6 +145,7 @@ def load_calibration(
 ) -> list[dict[str, np.ndarray]]:
     """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds);
     ``what`` ("calibration", "verification") names the data in errors."""
+    batch = _fixed_batch(specs) or batch
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():

@@ -309,7 +309,14 @@ class StreamExecutor:
             keep = [o.name for o in model.graph.output]
             if not keep:
                 continue
-            sess = cpu_session(model.SerializeToString(), basic=not full_opt, threads=1, shared=True)
+            try:
+                sess = cpu_session(model.SerializeToString(), basic=not full_opt, threads=1, shared=True)
+            except Exception as exc:  # a model onnxruntime cannot run at all (an op without a CPU kernel)
+                at = nodes[0].name or nodes[0].op_type
+                raise CalibrationError(
+                    f"onnxruntime cannot run the model (from node {at}), so it cannot be calibrated: "
+                    f"{first_line(exc, 200)}"
+                ) from None
             self.sessions += 1
             names = [i.name for i in sess.get_inputs()]
             runs += [(sess, keep, env, {k: env[k] if k in env else weights[k] for k in names}) for env in envs]

@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..errors import CalibrationError, first_line
 from ..plan import SensitivityProbe
-from .data import feed_samples
+from .data import NON_FINITE, feed_samples
 from .masks import feed_masks, real_positions
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,18 @@ def measure_sensitivities(
     positions are not counted (:mod:`.masks`)."""
     from .runtime import cpu_session
 
-    sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
     base = {p.name: p.values for p in probes}
     sample_feeds = _first_samples(feeds, MAX_SENSITIVITY_SAMPLES)
     masks = feed_masks(sample_feeds, mask_input)
-    ref = [[np.asarray(o, np.float64) for o in sess.run(None, {**f, **base})] for f in sample_feeds]
+    try:
+        sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
+        ref = [[np.asarray(o, np.float64) for o in sess.run(None, {**f, **base})] for f in sample_feeds]
+    except Exception as exc:  # the model or the data: either way, nothing to measure
+        raise CalibrationError(
+            f"onnxruntime cannot run the model on the calibration data: {first_line(exc, 200)}"
+        ) from None
+    if not all(np.isfinite(o).all() for outs in ref for o in outs):  # every sensitivity would read 0
+        raise CalibrationError(NON_FINITE)
     out: dict[str, float] = {}
     for p in probes:
         if p.rel_error <= 0:

@@ -18,7 +18,7 @@ import onnx
 from ..errors import CalibrationError
 from ..plan import RECOMMENDED_SAMPLES, CalibrationMode, CalibrationSummary, LayerOutcome, LayerPlan
 from .branches import inline_taken_branches
-from .data import feed_samples
+from .data import NON_FINITE, feed_samples
 from .executor import StreamExecutor
 from .geometry import LayerGeometry, patches, supported
 from .gram import MAX_ROWS, GramStats
@@ -77,7 +77,7 @@ def model_output_sqnr(
                 n, s = _squared_sums(x, y)
                 noise += n
                 signal += s
-    if signal == 0:
+    if signal == 0 or not np.isfinite(noise + signal):  # nothing to compare, or an output overflowed
         return None
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
@@ -187,6 +187,8 @@ def _walk(
         ex.set_quantized(plan.weight, outcome.encoded.decoded().astype(plan.values.dtype))
         if outcome.bias_delta is not None and not ex.add_bias(plan.node_index, outcome.bias_delta):
             outcome.bias_delta = None
+            if outcome.note == "bias only":  # nothing of it reaches the file
+                outcome.note = "data-free: its bias input cannot take a correction, and no refit beat its levels"
         summary.outcomes[plan.weight] = outcome
         t_run += (t1 - t0) + (time.perf_counter() - t2)
         t_fit += t2 - t1
@@ -237,6 +239,10 @@ def _calibrate_one(
         masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     only = len(xf_all) == 1
+    if not all(np.isfinite(x).all() for x in xf_all):
+        raise CalibrationError(f"{NON_FINITE} (the input of layer {plan.weight})")
+    if not all(np.isfinite(x).all() for x in xq_all):
+        raise CalibrationError(f"the quantized model overflows before layer {plan.weight} on the calibration data")
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
         pf = patches(geo, real_rows(xf, mask), cap)
         if pf.shape[1] != geo.n_in:  # onnxruntime never ran the layer: its input came straight from the data
