@@ -226,6 +226,18 @@ def test_int16_inputs_are_typed_like_the_others():
         load_calibration([{"u": np.array([[1, 40000]], np.int64)}], specs)
 
 
+def test_float64_data_beyond_float32_is_named_as_such_without_a_warning(recwarn):
+    """1e300 in a float64 .npz became Inf in float32: numpy's overflow warning, then 'holds NaN or Inf' of data
+    that held neither (found by a helper)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])
+    specs = model_inputs(
+        helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x]))
+    )
+    with pytest.raises(CalibrationError, match="outside the range of float32"):
+        load_calibration([{"x": np.array([[1e300]])}], specs)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_a_shared_weight_is_quantized_in_the_streams(rng, tmp_path):
     """A weight two layers read is refitted by neither, but its data-free values go into the quantized stream: it
     stayed float there, so the layers after it were fitted on inputs the file never gives them, and the output SQNR

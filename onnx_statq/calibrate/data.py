@@ -74,9 +74,13 @@ def _check_feed(feed: Mapping[str, Any], specs: list[InputSpec], where: str) -> 
                 raise CalibrationError(
                     f"{where}: input {s.name} has dtype {arr.dtype}, the model wants {np.dtype(s.dtype)}"
                 )
-            converted = arr.astype(s.dtype)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, refused below
+                converted = arr.astype(s.dtype)
             narrowed = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(converted.dtype, np.integer)
             if narrowed and not np.array_equal(converted, arr):  # int64 -> int8 wraps (int -> float only rounds)
+                raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {converted.dtype}")
+            overflowed = np.issubdtype(converted.dtype, np.inexact) and not np.isfinite(converted).all()
+            if overflowed and np.isfinite(arr).all():
                 raise CalibrationError(f"{where}: input {s.name} holds values outside the range of {converted.dtype}")
             arr = converted
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
