@@ -487,6 +487,5 @@ def entry() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    logging.getLogger("onnx_statq").addHandler(logging.NullHandler())
+if __name__ == "__main__":  # as the console script: the library's warnings reach stderr (python's last resort)
     entry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -777,9 +778,10 @@ def _data_cli(tmp_path, model, data, *flags):
     return cli(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "d.npz"), *flags)
 
 
-def test_a_float_model_that_overflows_on_the_data_is_a_data_error(rng, tmp_path):
+def test_a_layer_whose_input_overflows_on_the_data_stays_data_free(rng, tmp_path):
     """Finite data on which the float model gives Inf (1/0 on an all-zero row): the bias correction wrote NaN into
-    the file, whose every output was then NaN (exit 0), and --calib-sensitivity read every layer as 0 (helper)."""
+    the file, whose every output was then NaN on any input (exit 0), and --calib-sensitivity read every layer as 0
+    (found by a helper). The layer stays data-free, the allocation unweighted, each with a warning."""
     w1, w2 = (rng.normal(size=s).astype(np.float32) * 0.2 for s in ((64, 64), (64, 32)))
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["a"]),
@@ -800,10 +802,15 @@ def test_a_float_model_that_overflows_on_the_data_is_a_data_error(rng, tmp_path)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.normal(size=(64, 64)).astype(np.float32)
     x[3] = 0.0
-    for flags in ((), ("--calib-sensitivity",)):
-        res = _data_cli(tmp_path, m, {"x": x}, *flags)
-        assert res.returncode == 8 and "gives NaN or Inf on the calibration data" in res.stderr, res.stderr
-        assert res.stderr.count("\n") == 1 and not (tmp_path / "q.onnx").exists()
+    clean = {"x": rng.normal(size=(8, 64)).astype(np.float32)}
+    for flags, warned in (((), "layer w2 stays data-free"), (("--calib-sensitivity",), "not weighted by sensitivity")):
+        res = _data_cli(tmp_path, m, {"x": x}, "--report", str(tmp_path / "r.json"), "--no-verify", *flags)
+        assert res.returncode == 0 and "gives NaN or Inf on the calibration data" in res.stderr and warned in res.stderr
+        notes = {
+            layer["name"]: layer["calibration"] for layer in json.loads((tmp_path / "r.json").read_text())["layers"]
+        }
+        assert notes["w2"] == "data-free: its input holds NaN or Inf on the calibration data"
+        assert np.isfinite(run(onnx.load(tmp_path / "q.onnx"), clean)[0]).all()
 
 
 def test_a_model_onnxruntime_cannot_run_is_a_data_error_when_calibrating(rng, tmp_path):

@@ -320,10 +320,10 @@ def test_calibration_data_a_layer_cannot_take_is_a_data_error(make_model, rng, t
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "D"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])
     onnx.save(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], {"w": w}), tmp_path / "m.onnx")
-    np.savez(tmp_path / "bad.npz", x=rng.standard_normal((4, 32)).astype(np.float32))
+    np.savez(tmp_path / "bad.npz", x=rng.standard_normal((40, 32)).astype(np.float32))
     res = cli(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "bad.npz"))
     assert res.returncode == 8 and res.stderr.count("\n") == 1, res.stderr
-    assert "inputs of shape (4, 32), which its weight of shape (64, 64) cannot take" in res.stderr
+    assert "inputs of shape (8, 32), which its weight of shape (64, 64) cannot take" in res.stderr
     assert not (tmp_path / "q.onnx").exists()
 
 

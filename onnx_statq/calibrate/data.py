@@ -36,9 +36,9 @@ _ELEM = {
 }
 
 
-# inside the float model, finite data can still overflow: nothing to fit a layer to, and a bias correction from it
-# wrote NaN into the file (every output NaN, exit 0)
-NON_FINITE = "the float model gives NaN or Inf on the calibration data, which calibration cannot fit to"
+# inside the model, finite data can still overflow: nothing to fit a layer to, and a bias correction from it wrote
+# NaN into the file (every output NaN on any input, exit 0)
+NON_FINITE = "the model gives NaN or Inf on the calibration data"
 
 
 @dataclass(frozen=True)

@@ -239,10 +239,9 @@ def _calibrate_one(
         masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     only = len(xf_all) == 1
-    if not all(np.isfinite(x).all() for x in xf_all):
-        raise CalibrationError(f"{NON_FINITE} (the input of layer {plan.weight})")
-    if not all(np.isfinite(x).all() for x in xq_all):
-        raise CalibrationError(f"the quantized model overflows before layer {plan.weight} on the calibration data")
+    if not all(np.isfinite(x).all() for x in (*xf_all, *xq_all)):  # nothing to fit to: the layer stays as it is
+        logger.warning("%s: layer %s stays data-free", NON_FINITE, plan.weight)
+        return LayerOutcome(plan.encoded, note="data-free: its input holds NaN or Inf on the calibration data"), 0.0
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):
         pf = patches(geo, real_rows(xf, mask), cap)
         if pf.shape[1] != geo.n_in:  # onnxruntime never ran the layer: its input came straight from the data
