@@ -112,6 +112,7 @@ class CalibrationSummary:
     # quantized weights the streams ran float: in the branches of an If the calibration feeds disagree on (it runs
     # whole, its stored weights inside); the model output SQNR is then withheld
     float_in_streams: int = 0
+    model_sqnr_note: str = ""  # why there is no model output SQNR, when the streams ran every weight
 
 
 Refiner = Callable[[onnx.ModelProto, list[LayerPlan]], CalibrationSummary]

@@ -91,6 +91,8 @@ def format_summary(report: Report) -> str:
             head += f"; padding from {c['mask_input']} left out"
         if sq is not None:
             head += f"; model output SQNR vs float on the calibration data: {sq:.1f} dB"
+        elif c.get("model_output_sqnr_note"):
+            head += f"; no model output SQNR: {c['model_output_sqnr_note']}"
         lines.append(head)
     if report.verify.get("skipped"):
         lines.append(f"verify: skipped: {report.verify['skipped']}")

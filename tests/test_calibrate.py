@@ -806,9 +806,10 @@ def test_a_layer_whose_input_overflows_on_the_data_stays_data_free(rng, tmp_path
     for flags, warned in (((), "layer w2 stays data-free"), (("--calib-sensitivity",), "not weighted by sensitivity")):
         res = _data_cli(tmp_path, m, {"x": x}, "--report", str(tmp_path / "r.json"), "--no-verify", *flags)
         assert res.returncode == 0 and "gives NaN or Inf on the calibration data" in res.stderr and warned in res.stderr
-        notes = {
-            layer["name"]: layer["calibration"] for layer in json.loads((tmp_path / "r.json").read_text())["layers"]
-        }
+        report = json.loads((tmp_path / "r.json").read_text())
+        notes = {layer["name"]: layer["calibration"] for layer in report["layers"]}
+        assert report["calibration"]["model_output_sqnr_note"] == "an output holds NaN or Inf on the calibration data"
+        assert "no model output SQNR: an output holds NaN or Inf" in res.stdout
         assert notes["w2"] == "data-free: its input holds NaN or Inf on the calibration data"
         assert np.isfinite(run(onnx.load(tmp_path / "q.onnx"), clean)[0]).all()
 

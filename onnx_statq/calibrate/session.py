@@ -82,6 +82,17 @@ def model_output_sqnr(
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
+def _no_sqnr_reason(ref: list[dict[str, np.ndarray]], out: list[dict[str, np.ndarray]]) -> str:
+    """Why :func:`model_output_sqnr` gave no figure, for the report."""
+    floats = [np.asarray(x) for feed in (*ref, *out) for x in feed.values()]
+    floats = [x for x in floats if np.issubdtype(x.dtype, np.floating)]
+    if not floats:
+        return "the model has no float output"
+    if not all(np.isfinite(x).all() for x in floats):
+        return "an output holds NaN or Inf on the calibration data"
+    return "the float model's outputs are all zero on the calibration data"
+
+
 SUM_CHUNK = 1 << 16  # elements: float64 copies of this size stay in cache
 
 
@@ -160,6 +171,8 @@ def calibrate(
         summary.sessions = ex.sessions
     # with weights the streams ran float, the figure would leave their error out
     summary.model_sqnr_db = None if summary.float_in_streams else model_output_sqnr(ref, out, masks)
+    if summary.model_sqnr_db is None and not summary.float_in_streams:
+        summary.model_sqnr_note = _no_sqnr_reason(ref, out)
     summary.timings = {"calib_run_s": t_run + time.perf_counter() - t0, "calib_fit_s": t_fit}
     if error_feedback:
         summary.timings["calib_feedback_s"] = feedback_s  # part of calib_fit_s

@@ -304,6 +304,8 @@ class StatqPass:
             "sessions": summary.sessions,
             "mask_input": summary.mask_input,
         }
+        if summary.model_sqnr_note:
+            report.calibration["model_output_sqnr_note"] = summary.model_sqnr_note
         nested = len(unplanned) + summary.float_in_streams
         if nested:
             # the streams run these weights float (stored where they cannot replace them): no model-level figure
