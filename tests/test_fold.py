@@ -194,3 +194,29 @@ def test_an_overridable_initializer_is_not_folded(make_model, rng):
     m = make_model(nodes, [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 64])], [y], {"w": w})
     with pytest.raises(NoWeightsError):
         StatqPass(QuantConfig())(m)
+
+
+def test_shapes_written_as_value_ints_and_bfloat16_chains(make_model, rng):
+    """A shape Constant written with value_ints counted as weight data, so its other reader stopped the fold; and a
+    bfloat16 weight behind a Transpose crashed the fold (exit 70), its dtype being ONNX's type number to numpy
+    (both found in review)."""
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value_ints=[64, 64]),
+        helper.make_node("Reshape", ["w", "shape"], ["w2"]),
+        helper.make_node("MatMul", ["x", "w2"], ["h"]),
+        helper.make_node("Reshape", ["h", "shape"], ["y"]),
+    ]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [64, 64]) for n in ("x", "y"))
+    assert [r.op for r in StatqPass(QuantConfig())(make_model(nodes, [x], [y], {"w": w})).report.layers] == ["MatMul"]
+    bf16 = helper.make_tensor("b", TensorProto.BFLOAT16, [64, 64], np.zeros(64 * 64, np.uint16).tolist())
+    nodes = [
+        helper.make_node("Transpose", ["b"], ["bt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["xb", "bt"], ["yb"]),
+    ]
+    xb, yb = (helper.make_tensor_value_info(n, TensorProto.BFLOAT16, [2, 64]) for n in ("xb", "yb"))
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", [xb], [yb], [bf16]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    with pytest.raises(NoWeightsError):
+        StatqPass(QuantConfig())(m)

@@ -6,6 +6,7 @@ which of the two an error is about."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import onnx
 from ..errors import CalibrationError, first_line
 
 __all__ = ["DEFAULT_BATCH", "InputSpec", "feed_samples", "load_calibration", "model_inputs"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 8
 _ELEM = {
@@ -106,17 +109,27 @@ def _read_npz(path: Path, what: str = "calibration") -> dict[str, np.ndarray]:
         raise CalibrationError(f"cannot read {what} file {path}: {first_line(exc)}") from None
 
 
-def _from_npz(path: Path, batch: int, what: str) -> Iterator[dict[str, np.ndarray]]:
+def _from_npz(path: Path, batch: int, what: str, whole: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Arrays named like the inputs, samples on the first axis, cut into batches."""
-    return _batched(_read_npz(path, what), batch, what, str(path))
+    return _batched(_read_npz(path, what), batch, what, str(path), whole)
 
 
-def _batched(arrays: dict[str, Any], batch: int, what: str, where: str) -> Iterator[dict[str, np.ndarray]]:
+def _batched(
+    arrays: dict[str, Any], batch: int, what: str, where: str, whole: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``batch`` samples; ``whole``: the model takes exactly that many, so a remainder is left out."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise CalibrationError(f"{where}: every array needs the same number of samples on its first axis")
     n = sizes.pop()
+    if whole and n % batch:
+        if n < batch:
+            raise CalibrationError(f"{where}: {n} samples, and the model takes batches of {batch}")
+        logger.warning(
+            "%s: the last %d of %d samples are left out (the model takes batches of %d)", where, n % batch, n, batch
+        )
+        n -= n % batch
     for start in range(0, n, batch):
         yield {k: a[start : start + batch] for k, a in arrays.items()}
 
@@ -149,7 +162,10 @@ def load_calibration(
 ) -> list[dict[str, np.ndarray]]:
     """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds);
     ``what`` ("calibration", "verification") names the data in errors."""
-    batch = _fixed_batch(specs) or batch
+    fixed = _fixed_batch(specs)
+    if fixed is not None:  # whole batches of the size the model takes: a cut one would not fit it
+        batch = fixed
+        max_samples = None if max_samples is None else max(fixed, max_samples - max_samples % fixed)
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
@@ -158,13 +174,13 @@ def load_calibration(
                 raise CalibrationError(f"{what} folder {p} holds no .npz file")
             items: Iterable[Mapping[str, Any]] = (_read_npz(f, what) for f in files)
         elif p.is_file():
-            items = _from_npz(p, batch, what)
+            items = _from_npz(p, batch, what, whole=fixed is not None)
         else:
             raise CalibrationError(f"no such {what} file or folder: {p}")
     elif hasattr(source, "get_next"):
         items = _reader_iter(source)
     elif isinstance(source, Mapping):  # np.load's NpzFile, or a dict of arrays: as an .npz, samples first
-        items = _batched(dict(source), batch, what, f"the {what} mapping")
+        items = _batched(dict(source), batch, what, f"the {what} mapping", whole=fixed is not None)
     elif isinstance(source, np.ndarray) or not isinstance(source, Iterable):
         raise CalibrationError(
             f"{what} data must be an .npz path or folder, a mapping of input names to arrays, an iterable of such "

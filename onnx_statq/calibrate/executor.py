@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import CalibrationError, first_line
 from ..plan import bias_input_delta, bias_values
-from .runtime import cpu_session, release_arena
+from .runtime import cpu_session, raise_if_unrunnable, release_arena
 
 __all__ = ["StreamExecutor", "model_like", "subgraph_inputs"]
 
@@ -311,12 +311,9 @@ class StreamExecutor:
                 continue
             try:
                 sess = cpu_session(model.SerializeToString(), basic=not full_opt, threads=1, shared=True)
-            except Exception as exc:  # a model onnxruntime cannot run at all (an op without a CPU kernel)
-                at = nodes[0].name or nodes[0].op_type
-                raise CalibrationError(
-                    f"onnxruntime cannot run the model (from node {at}), so it cannot be calibrated: "
-                    f"{first_line(exc, 200)}"
-                ) from None
+            except Exception as exc:
+                raise_if_unrunnable(exc, nodes[0].name or nodes[0].op_type)
+                raise
             self.sessions += 1
             names = [i.name for i in sess.get_inputs()]
             runs += [(sess, keep, env, {k: env[k] if k in env else weights[k] for k in names}) for env in envs]

@@ -17,7 +17,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-__all__ = ["cpu_session", "release_arena"]
+from ..errors import UnsupportedModelError, first_line
+
+__all__ = ["cpu_session", "raise_if_unrunnable", "release_arena"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +73,14 @@ def cpu_session(
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def raise_if_unrunnable(exc: Exception, at: str) -> None:
+    """A session onnxruntime refused to create is a model it cannot run (an op without a CPU kernel, a double
+    Conv): an unsupported model for calibration, exit 7, as a one-line error. Anything else is left to the caller
+    (a bug of ours stays an internal error)."""
+    if type(exc).__module__.startswith("onnxruntime"):
+        raise UnsupportedModelError(
+            f"onnxruntime cannot run the model (from node {at}), so it cannot be calibrated; quantize it without "
+            f"calibration data: {first_line(exc, 200)}"
+        ) from None

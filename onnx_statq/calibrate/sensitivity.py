@@ -22,7 +22,7 @@ from onnx import helper
 
 from ..errors import CalibrationError, first_line
 from ..plan import SensitivityProbe
-from .data import NON_FINITE, feed_samples
+from .data import feed_samples
 from .masks import feed_masks, real_positions
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,19 @@ def _weights_as_inputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelPro
     return out
 
 
+# the relative output error of a weight whose quantized values make an output overflow where the float one does
+# not: the most sensitive weight there can be, kept finite so that the allocation can still weigh it
+OVERFLOW_ERROR = 1e6
+
+
+def _finite(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions where the float output is finite (masked logits hold -inf by design), as verify compares."""
+    if ref.shape != out.shape or np.isfinite(ref).all():
+        return ref, out
+    keep = np.isfinite(ref)
+    return ref[keep], out[keep]
+
+
 def _relative_error(
     ref: list[list[np.ndarray]], out: list[list[np.ndarray]], masks: Sequence[np.ndarray | None] | None = None
 ) -> float:
@@ -63,12 +76,13 @@ def _relative_error(
     errs = []
     for k in range(len(ref[0])):
         pairs = [
-            (real_positions(r[k], m), real_positions(np.asarray(o[k], np.float64), m))
+            _finite(real_positions(r[k], m), real_positions(np.asarray(o[k], np.float64), m))
             for r, o, m in zip(ref, out, masks, strict=True)
         ]
         power = sum(float(np.sum(np.square(r, dtype=np.float64))) for r, _ in pairs)
         err = sum(float(np.sum(np.square(o - r))) for r, o in pairs)
-        errs.append(err / power if power > 0 else 0.0)
+        ratio = err / power if power > 0 else 0.0
+        errs.append(ratio if np.isfinite(ratio) else OVERFLOW_ERROR)  # quantizing it made an output overflow
     return float(np.mean(errs)) if errs else 0.0
 
 
@@ -81,21 +95,24 @@ def measure_sensitivities(
     """Output relative error per unit of relative weight error, per probe (float outputs and non-float ones are
     compared as floats; a probe whose weight error is 0 gets 0). ``mask_input``: the padding mask, whose padded
     positions are not counted (:mod:`.masks`)."""
-    from .runtime import cpu_session
+    from .runtime import cpu_session, raise_if_unrunnable
 
     base = {p.name: p.values for p in probes}
     sample_feeds = _first_samples(feeds, MAX_SENSITIVITY_SAMPLES)
     masks = feed_masks(sample_feeds, mask_input)
     try:
         sess = cpu_session(_weights_as_inputs(model, {p.name for p in probes}))
+    except Exception as exc:
+        raise_if_unrunnable(exc, "the whole model")
+        raise
+    try:
         ref = [[np.asarray(o, np.float64) for o in sess.run(None, {**f, **base})] for f in sample_feeds]
-    except Exception as exc:  # the model or the data: either way, nothing to measure
+    except Exception as exc:  # a kernel onnxruntime finds missing only when run is the model's fault, not the data's
+        if type(exc).__name__ == "NotImplemented":
+            raise_if_unrunnable(exc, "the whole model")
         raise CalibrationError(
             f"onnxruntime cannot run the model on the calibration data: {first_line(exc, 200)}"
         ) from None
-    if not all(np.isfinite(o).all() for outs in ref for o in outs):  # every sensitivity would read 0
-        logger.warning("%s: the allocation is not weighted by sensitivity", NON_FINITE)
-        return {}
     out: dict[str, float] = {}
     for p in probes:
         if p.rel_error <= 0:

@@ -74,6 +74,9 @@ def model_output_sqnr(
                 x, y = np.asarray(x), np.asarray(b[k])
                 if x.shape == y.shape:
                     x, y = real_positions(x, mask), real_positions(y, mask)
+                    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():  # -inf of masked logits
+                        keep = np.isfinite(x)
+                        x, y = x[keep], y[keep]
                 n, s = _squared_sums(x, y)
                 noise += n
                 signal += s
@@ -252,7 +255,8 @@ def _calibrate_one(
         masks = [None] * len(masks)
     cap = -(-MAX_ROWS // max(len(xf_all), 1))  # the row budget is per layer, shared by the batches
     only = len(xf_all) == 1
-    if not all(np.isfinite(x).all() for x in (*xf_all, *xq_all)):  # nothing to fit to: the layer stays as it is
+    real = [real_rows(x, m) for xs in (xf_all, xq_all) for x, m in zip(xs, masks, strict=True)]
+    if not all(np.isfinite(x).all() for x in real):  # nothing to fit to (padding aside): the layer stays as it is
         logger.warning("%s: layer %s stays data-free", NON_FINITE, plan.weight)
         return LayerOutcome(plan.encoded, note="data-free: its input holds NaN or Inf on the calibration data"), 0.0
     for xq, xf, mask in zip(xq_all, xf_all, masks, strict=True):

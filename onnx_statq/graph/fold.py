@@ -71,12 +71,21 @@ def _weight_reads_only(t: gs.Tensor) -> bool:
 def _is_data(t: gs.Tensor) -> bool:
     """A float initializer: weight data, not the shape, axes or indices a chain's ops read (small integer
     constants that exporters share between many nodes)."""
-    return isinstance(t, gs.Constant) and t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.floating)
+    if not isinstance(t, gs.Constant) or t.dtype is None:
+        return False
+    try:
+        return bool(np.issubdtype(np.dtype(t.dtype), np.floating))
+    except TypeError:  # bfloat16 and float8: graphsurgeon gives their ONNX type number, which numpy cannot read
+        return True
 
 
 def _small_constant(node: gs.Node) -> bool:
     """A Constant node holding no weight data (a shape, axes, slice bounds)."""
-    value = node.attrs.get("value") if node.op == "Constant" else None
+    if node.op != "Constant":
+        return False
+    if any(k in node.attrs for k in ("value_int", "value_ints", "value_string", "value_strings")):
+        return True
+    value = node.attrs.get("value")
     return isinstance(value, gs.Constant) and not _is_data(value)
 
 
