@@ -936,3 +936,67 @@ def test_no_model_output_sqnr_says_why(rng):
     calibration = StatqPass(QuantConfig(bits=4), refiner=make_refiner(m, feeds))(m).report.calibration
     assert calibration["model_output_sqnr_db"] is None
     assert calibration["model_output_sqnr_note"] == "the float model's outputs are all zero on the calibration data"
+
+
+def test_the_output_sqnr_of_a_quantized_model_that_overflows_is_minus_infinity():
+    """The float output finite (or -inf by design, masked logits), the quantized one NaN at a real position: the
+    figure was withheld with a note blaming the outputs; it is -inf dB, as verify says (found in review)."""
+    ref = [{"y": np.array([[1.0, -np.inf, 2.0]], np.float32)}]
+    out = [{"y": np.array([[np.nan, -np.inf, 2.0]], np.float32)}]
+    assert session.model_output_sqnr(ref, out) == float("-inf")
+    fine = [{"y": np.array([[1.0, -np.inf, 2.0]], np.float32)}]
+    assert session.model_output_sqnr(ref, fine) == float("inf")
+
+
+def test_sensitivities_with_nothing_finite_to_measure_leave_the_allocation_unweighted(caplog):
+    """A float output that is NaN or Inf everywhere gave every probe 0, and the allocation then every layer its
+    fewest bits, silently (found in review)."""
+    from onnx_statq.calibrate.sensitivity import measure_sensitivities
+    from onnx_statq.plan import SensitivityProbe
+
+    w = np.ones((4, 4), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "zero"], ["y"])]
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in ("x", "y"))
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    probe = SensitivityProbe("w", w, w * 1.1, 0.01)
+    with caplog.at_level("WARNING", logger="onnx_statq"):
+        got = measure_sensitivities(m, [{"x": np.ones((2, 4), np.float32)}], [probe])
+    assert got == {} and "the allocation is not weighted" in caplog.text
+
+
+def test_whole_batches_count_samples_only_where_the_data_is_cut(tmp_path, caplog):
+    """The whole-batch rounding of a cap applied to lists and folders too, where the cap counts feeds (a cap of 2
+    gave 4, of 6 gave 4); and the warning about a remainder named it even when a cap left far more out (review)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
+    specs = model_inputs(
+        helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x]))
+    )
+    feeds = [{"x": np.zeros((4, 64), np.float32)} for _ in range(8)]
+    assert len(load_calibration(feeds, specs, 2)) == 2 and len(load_calibration(feeds, specs, 6)) == 6
+    np.savez(tmp_path / "d.npz", x=np.zeros((257, 64), np.float32))
+    with caplog.at_level("WARNING", logger="onnx_statq"):
+        assert sum(f["x"].shape[0] for f in load_calibration(tmp_path / "d.npz", specs, 20)) == 20
+    assert "left out" not in caplog.text
+    with caplog.at_level("WARNING", logger="onnx_statq"):
+        assert sum(f["x"].shape[0] for f in load_calibration(tmp_path / "d.npz", specs)) == 256
+    assert "the last 1 of 257 samples are left out" in caplog.text
+
+
+def test_a_float16_conv_whose_weight_is_a_constant_node_gets_a_float16_bias(rng, tmp_path):
+    """A float16 Conv without a bias, its weight in a Constant node: the correction added a float32 bias (the
+    decoded weight's tensor is untyped), which onnxruntime refused when verifying: exit 70 (found in review)."""
+    w = numpy_helper.from_array((rng.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float16), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=w),
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 8, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 16, 8, 8])
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    res = _data_cli(
+        tmp_path, m, {"x": rng.normal(size=(64, 8, 8, 8)).astype(np.float16)}, "--min-size", "100", "--bits", "3"
+    )
+    assert res.returncode == 0, res.stderr
+    biases = [t for t in onnx.load(tmp_path / "q.onnx").graph.initializer if t.name.endswith("statq_bias")]
+    assert biases and all(t.data_type == TensorProto.FLOAT16 for t in biases)

@@ -123,15 +123,15 @@ def _batched(
     if len(sizes) != 1 or 0 in sizes:
         raise CalibrationError(f"{where}: every array needs the same number of samples on its first axis")
     n = sizes.pop()
-    if whole and n % batch:
-        if n < batch:
-            raise CalibrationError(f"{where}: {n} samples, and the model takes batches of {batch}")
-        logger.warning(
-            "%s: the last %d of %d samples are left out (the model takes batches of %d)", where, n % batch, n, batch
-        )
-        n -= n % batch
-    for start in range(0, n, batch):
+    left = n % batch if whole else 0
+    if left and n < batch:
+        raise CalibrationError(f"{where}: {n} samples, and the model takes batches of {batch}")
+    for start in range(0, n - left, batch):
         yield {k: a[start : start + batch] for k, a in arrays.items()}
+    if left:  # reached only when every whole batch was taken (a cap stops the caller before)
+        logger.warning(
+            "%s: the last %d of %d samples are left out (the model takes batches of %d)", where, left, n, batch
+        )
 
 
 def _fixed_batch(specs: list[InputSpec]) -> int | None:
@@ -163,9 +163,11 @@ def load_calibration(
     """Validated feeds, at most ``max_samples`` samples (counted on the first axis of npz batches, else feeds);
     ``what`` ("calibration", "verification") names the data in errors."""
     fixed = _fixed_batch(specs)
-    if fixed is not None:  # whole batches of the size the model takes: a cut one would not fit it
+    cut = isinstance(source, Mapping) or (isinstance(source, (str, Path)) and Path(source).is_file())
+    if fixed is not None and cut:  # whole batches of the size the model takes: a cut one would not fit it
         batch = fixed
-        max_samples = None if max_samples is None else max(fixed, max_samples - max_samples % fixed)
+        if max_samples:  # samples on the first axis, in whole batches (feeds of a folder or a list are whole)
+            max_samples = max(fixed, max_samples - max_samples % fixed)
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
@@ -198,8 +200,7 @@ def load_calibration(
         samples = feed_samples(feed)
         if samples == 0:  # an empty batch would calibrate on nothing and say nothing
             raise CalibrationError(f"{what} feed {i} holds no sample (its first axis is 0)")
-        first_axis = isinstance(source, Mapping) or (isinstance(source, (str, Path)) and Path(source).is_file())
-        if max_samples is not None and first_axis:
+        if max_samples is not None and cut:
             take = min(samples, max_samples - count)
             feed = {k: v[:take] for k, v in feed.items()}
             count += take

@@ -113,6 +113,9 @@ def measure_sensitivities(
         raise CalibrationError(
             f"onnxruntime cannot run the model on the calibration data: {first_line(exc, 200)}"
         ) from None
+    if not any(np.isfinite(o).any() and np.any(o[np.isfinite(o)]) for outs in ref for o in outs):
+        logger.warning("no finite, non-zero float output to measure sensitivities on: the allocation is not weighted")
+        return {}  # every probe would read 0, and the allocation give every layer its fewest bits
     out: dict[str, float] = {}
     for p in probes:
         if p.rel_error <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -16,7 +17,9 @@ def _updated(const: gs.Constant, delta: np.ndarray, fresh: Callable[[str], str])
     return gs.Constant(fresh(f"{const.name}.statq_bias"), bias_values(np.asarray(const.values), delta))
 
 
-def _conv_or_gemm(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
+def _conv_or_gemm(
+    node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str], dtype: np.dtype[Any]
+) -> bool:
     """Fold ``delta`` into the bias input as :func:`~onnx_statq.plan.bias_input_delta` says, or add one; not into
     a computed bias, nor one that is also a graph input (the caller may override it)."""
     bias = node.inputs[2] if len(node.inputs) >= 3 and node.inputs[2].name else None
@@ -29,19 +32,22 @@ def _conv_or_gemm(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Call
     if bias is not None:
         node.inputs[2] = _updated(bias, moved, fresh)
         return True
-    dtype = np.dtype(node.inputs[1].dtype or np.float32)
     node.inputs.append(gs.Constant(fresh(f"{node.name or node.op}.statq_bias"), bias_values(None, moved, dtype)))
     return True
 
 
-def add_bias(node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str]) -> bool:
+def add_bias(
+    node: gs.Node, graph: gs.Graph, delta: np.ndarray, fresh: Callable[[str], str], dtype: np.dtype[Any]
+) -> bool:
     """Add ``delta`` (one value per output channel) to the layer's output bias; False if the graph does not allow.
+    ``dtype``: the layer's weight type, which a bias it is given takes (a Constant node's weight leaves the layer's
+    input untyped: a float16 Conv got a float32 bias, which onnxruntime refused).
 
     A new constant is always created rather than editing the old one in place, because a bias may be shared.
     """
     n = delta.size
     if node.op in ("Conv", "Gemm"):
-        return _conv_or_gemm(node, graph, delta, fresh)
+        return _conv_or_gemm(node, graph, delta, fresh, dtype)
     if node.op == "MatMul":
         out = node.outputs[0]
         users = list(out.outputs)

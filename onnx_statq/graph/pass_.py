@@ -344,7 +344,7 @@ class StatqPass:
             nodes = emit_decode(enc, self._detach(w), values.dtype, opset, fresh, prefix, tables.of(home))
             home.nodes[0:0] = nodes
         if outcome is not None and outcome.bias_delta is not None:
-            add_bias(w.uses[0].node, w.uses[0].graph, outcome.bias_delta, fresh)
+            add_bias(w.uses[0].node, w.uses[0].graph, outcome.bias_delta, fresh, values.dtype)
         report.layers.append(
             LayerRecord(
                 name=w.tensor.name,
