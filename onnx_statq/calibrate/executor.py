@@ -312,7 +312,8 @@ class StreamExecutor:
             try:
                 sess = cpu_session(model.SerializeToString(), basic=not full_opt, threads=1, shared=True)
             except Exception as exc:
-                raise_if_unrunnable(exc, nodes[0].name or nodes[0].op_type)
+                if not self._model_loads():  # the model itself, not a segment of ours
+                    raise_if_unrunnable(exc, nodes[0].name or nodes[0].op_type)
                 raise
             self.sessions += 1
             names = [i.name for i in sess.get_inputs()]
@@ -330,6 +331,15 @@ class StreamExecutor:
                 del env[name]
         for name in [k for k in self._arrays if self.last_use.get(k, -1) < stop]:
             del self._arrays[name]  # no later segment reads this weight
+
+    def _model_loads(self) -> bool:
+        """Whether onnxruntime takes the float model the streams run: a segment it refuses is then a bug of ours
+        (an internal error), not a model it cannot run (exit 7)."""
+        try:
+            cpu_session(self.model.SerializeToString(), threads=1)
+        except Exception:  # onnxruntime's own error types, whatever it refuses
+            return False
+        return True
 
     def inputs(self, name: str, quant: bool) -> list[np.ndarray]:
         return [env[name] for env in (self.quant_env if quant else self.float_env)]
