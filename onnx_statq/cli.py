@@ -347,7 +347,9 @@ def _refuse_clobbering(opts: dict[str, Any]) -> None:
     if opts.get("out_format") == "ort":  # what --format ort writes instead of the output path itself
         from .mobile.ort_format import config_path, ort_path
 
-        outputs += [(ort_path(opts["output"]), "output"), (config_path(ort_path(opts["output"])), "output")]
+        ort = ort_path(opts["output"])
+        resolved = Path(os.path.realpath(ort))  # through a link, the config goes beside the link's target
+        outputs += [(ort, "output"), (config_path(ort), "output"), (config_path(resolved), "output")]
     for path, what in outputs:
         for src in inputs:
             if os.path.realpath(path) == os.path.realpath(src):

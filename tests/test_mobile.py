@@ -13,10 +13,11 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from conftest import REPO
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
+from onnx_statq import quantize
 from onnx_statq.cli import main
-from onnx_statq.errors import CheckFailedError, OutputError
+from onnx_statq.errors import CheckFailedError, OutputError, UnsupportedModelError
 from onnx_statq.mobile import check_model, format_check, is_ort_format, raise_if_failed
 
 
@@ -144,7 +145,7 @@ def test_format_ort_failure_leaves_nothing(conv_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     res = invoke(str(src), "-o", str(out / "q.onnx"), "--format", "ort", "--no-verify")
-    assert res.exit_code == OutputError.exit_code, res.output
+    assert res.exit_code == UnsupportedModelError.exit_code, res.output  # the model's doing, not the path's (was 6)
     assert "ORT format" in res.output and len(res.output.strip().splitlines()) == 1
     assert ".statq" not in res.output  # not the path of the staged copy, which is gone by then
     assert list(out.iterdir()) == []
@@ -282,3 +283,50 @@ def test_check_counts_a_models_external_data_in_its_size(conv_model, tmp_path):
     assert res.exit_code == 0, res.output
     total = (tmp_path / "m.onnx").stat().st_size + (tmp_path / "m.data").stat().st_size
     assert json.loads(res.output)["file_bytes"] == total
+
+
+def test_format_ort_checks_its_operator_config_path_as_its_model_path(conv_file, tmp_path):
+    """The .required_operators.config went unchecked: a folder there left the .ort behind (exit 6), a pipe was
+    replaced (exit 0), a link was replaced, not followed; through a link on the .ort, the config went beside its
+    target, over an input there (found by a helper)."""
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "a.required_operators.config").mkdir()
+    res = invoke(str(conv_file), "-o", str(out / "a.onnx"), "--format", "ort", "--no-verify")
+    assert res.exit_code == OutputError.exit_code and "is a directory" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.required_operators.config"]
+    pipe = tmp_path / "b"
+    pipe.mkdir()
+    os.mkfifo(pipe / "a.required_operators.config")
+    res = invoke(str(conv_file), "-o", str(pipe / "a.onnx"), "--format", "ort", "--no-verify")
+    assert res.exit_code == OutputError.exit_code and (pipe / "a.required_operators.config").is_fifo()
+    linked = tmp_path / "c"
+    (linked / "real").mkdir(parents=True)
+    (linked / "a.required_operators.config").symlink_to(linked / "real" / "t.config")
+    assert invoke(str(conv_file), "-o", str(linked / "a.onnx"), "--format", "ort", "--no-verify").exit_code == 0
+    assert (linked / "a.required_operators.config").is_symlink() and (linked / "real" / "t.config").read_text()
+
+
+def test_check_finds_a_decode_inside_subgraphs(tmp_path, rng):
+    """check looked for onnx-statq's decode in the main graph only: a model whose weights all sit in If branches
+    got only the 'loaded' NNAPI/CoreML estimate, its .ort too (found by a helper)."""
+    vi = helper.make_tensor_value_info
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+
+    def branch(name: str) -> onnx.GraphProto:  # each branch with a weight of its own, decoded there
+        out = [vi(name, TensorProto.FLOAT, [2, 64])]
+        weight = [numpy_helper.from_array(w, f"w_{name}")]
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [name])], name, [], out, weight)
+
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch("t"), else_branch=branch("e"))
+    inputs = [vi("c", TensorProto.BOOL, []), vi("x", TensorProto.FLOAT, [2, 64])]
+    graph = helper.make_graph([node], "g", inputs, [vi("y", TensorProto.FLOAT, [2, 64])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    assert (
+        invoke(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--format", "ort", "--no-verify").exit_code
+        == 0
+    )
+    onnx.save(quantize(str(tmp_path / "m.onnx")), tmp_path / "q.onnx")
+    for model in ("q.onnx", "q.ort"):
+        res = invoke("check", str(tmp_path / model), "--json")
+        assert json.loads(res.output)["has_decode"] is True, model

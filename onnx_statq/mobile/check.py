@@ -17,7 +17,7 @@ from typing import Any
 
 import onnx
 
-from ..errors import CheckFailedError, OutputError, first_line
+from ..errors import CheckFailedError, OutputError, UnsupportedModelError, first_line
 from ..io import load_model, zipped_size
 from .cpu_run import RANDOM, CpuRun, run_cpu
 from .ort_format import (
@@ -202,7 +202,7 @@ def _ort_format(path: Path, tmp: Path) -> dict[str, Any]:
     dst = tmp / (path.stem + ORT_SUFFIX)
     try:
         written = write_ort(path, dst)
-    except OutputError as exc:
+    except (OutputError, UnsupportedModelError) as exc:
         return {"ok": False, "error": str(exc)}
     return {
         "ok": True,
@@ -315,19 +315,30 @@ def check_model(
         loaded = _basic_optimized(p, Path(tmp)) if result.loads else None
         if loaded is not None:
             result.eps += _coverage(loaded, "loaded")
-        result.has_decode = any(n.name.startswith("statq") for n in model.graph.node)
+        result.has_decode = any(n.name.startswith("statq") for g in _graphs(model.graph) for n in g.node)
         if loaded is None or result.has_decode:
             result.eps += _coverage(model, "stored")
     return result
 
 
 def _ort_has_decode(p: Path) -> bool:
-    """Whether the .ort's main graph holds onnx-statq decode nodes (``--format ort`` keeps them in the file)."""
+    """Whether the .ort holds onnx-statq decode nodes, in its subgraphs too (``--format ort`` keeps them)."""
     from .ort_canonical import ort_root
 
+    def found(graph: Any) -> bool:  # a decode in this graph or in one its nodes hold (If/Loop/Scan bodies)
+        for i in range(graph.NodesLength()):
+            node = graph.Nodes(i)
+            if (node.Name() or b"").startswith(b"statq"):
+                return True
+            for j in range(node.AttributesLength()):
+                attr = node.Attributes(j)
+                subs = [attr.G()] + [attr.Graphs(k) for k in range(attr.GraphsLength())]
+                if any(sub is not None and found(sub) for sub in subs):
+                    return True
+        return False
+
     try:
-        graph = ort_root(p.read_bytes()).Model().Graph()
-        return any((graph.Nodes(i).Name() or b"").startswith(b"statq") for i in range(graph.NodesLength()))
+        return found(ort_root(p.read_bytes()).Model().Graph())
     except Exception:  # a layout this reader does not know: say no decode rather than fail the check
         return False
 

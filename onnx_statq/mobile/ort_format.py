@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigLike
-from ..errors import OutputError, first_line
+from ..errors import OutputError, UnsupportedModelError, first_line
 from ..io import load_model, output_target, publish, staging_dir, zipped_size
 from ..report import Report
 from .ort_canonical import canonical_ort
@@ -90,6 +90,7 @@ def write_ort(
     model, but it decodes an onnx-statq model's weights into the file.
     """
     src, out = Path(onnx_file), output_target(dst)
+    cfg = output_target(config_path(out)) if config else None  # checked as the .ort is, before anything is written
     with staging_dir(out, prefix=".statq-ort-") as tmpdir:
         try:
             tmp_ort = tmpdir / out.name
@@ -98,13 +99,14 @@ def write_ort(
                     _convert(src, tmp_ort, fold)
             except Exception as exc:  # name the model as the user knows it, not by its staged copy's path
                 first = first_line(exc, 300).replace(f"from {src} failed:", "failed: ")
-                raise OutputError(f"onnxruntime cannot convert the model to ORT format: {first}") from None
+                # the model, not the output path: an op onnxruntime does not know (the .onnx output is fine)
+                raise UnsupportedModelError(f"onnxruntime cannot convert the model to ORT format: {first}") from None
             tmp_ort.write_bytes(canonical_ort(tmp_ort.read_bytes()))  # the same bytes on every run
             staged = [(tmp_ort, out)]
-            if config:
+            if cfg is not None:
                 tmp_cfg = config_path(tmp_ort)
                 write_config(tmp_ort, tmp_cfg, shown_as=out)
-                staged.append((tmp_cfg, config_path(out)))
+                staged.append((tmp_cfg, cfg))
             return publish(staged)
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -155,7 +157,8 @@ def quantize_file_ort(
     src_p, out = Path(src), ort_path(dst)
     given = [src_p, config, verify_data, kwargs.get("calib")]
     inputs = [Path(p) for p in given if isinstance(p, (str, os.PathLike))]
-    for target in (out, config_path(out)):
+    final = output_target(out)  # through a link, the config goes beside the link's target
+    for target in (final, config_path(final), config_path(out)):
         if any(os.path.realpath(target) == os.path.realpath(p) for p in inputs):
             raise OutputError(f"output path {target} would overwrite an input; inputs are never overwritten")
     checks = None if verify_data is None else verification_data(load_model(src_p, lazy=True), verify_data, verify)
