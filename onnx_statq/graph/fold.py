@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 
 from .handlers import weight_slots
+from .scopes import enclosing, parents
 
 __all__ = ["FOLDABLE_OPS", "fold_weight_chains"]
 
@@ -164,31 +165,6 @@ def _drop_unused(graphs: list[gs.Graph], nodes: list[gs.Node], keep: set[str]) -
                 changed = True
 
 
-def _parents(graphs: list[gs.Graph]) -> dict[int, gs.Graph]:
-    """Each subgraph (by id) -> the graph whose node holds it."""
-    return {
-        id(sub): g
-        for g in graphs
-        for node in g.nodes
-        for attr in node.attrs.values()
-        for sub in (attr if isinstance(attr, list) else [attr])
-        if isinstance(sub, gs.Graph)
-    }
-
-
-def _enclosing(parent: dict[int, gs.Graph], inner: list[gs.Graph]) -> gs.Graph:
-    """The innermost graph that is, or holds, every graph of ``inner``."""
-
-    def chain(g: gs.Graph) -> list[gs.Graph]:
-        out = [g]
-        while id(out[-1]) in parent:
-            out.append(parent[id(out[-1])])
-        return out
-
-    common = set.intersection(*({id(c) for c in chain(g)} for g in inner))
-    return next(g for g in chain(inner[0]) if id(g) in common)
-
-
 def fold_weight_chains(graphs: list[gs.Graph], opset: int, fresh: Callable[[str], str]) -> list[str]:
     """Replace every foldable weight chain by a constant in the layer's graph; the names of the folded tensors.
 
@@ -220,12 +196,12 @@ def fold_weight_chains(graphs: list[gs.Graph], opset: int, fresh: Callable[[str]
     # same gates; one initializer transposed in both branches of an If) share one folded constant, in the innermost
     # graph that holds all their readers, so the fold never stores a weight twice where the model stored it once.
     # Two weights that merely hold equal values stay two: a setting or an exclude may name one of them.
-    parent = _parents(graphs)
+    parent = parents(graphs[0])  # ``graphs`` is the model's graph and its subgraphs, outer first
     folded: dict[int, gs.Variable] = {}
     shared: list[gs.Variable] = []
     for group in values.values():
         _, t0, value = group[0]
-        home = _enclosing(parent, [homes[id(n)] for _, t, _ in group for n in t.outputs if id(n) in homes])
+        home = enclosing(parent, [homes[id(n)] for _, t, _ in group for n in t.outputs if id(n) in homes])
         name = fresh(f"{t0.name}.folded")
         shared.append(_add_constant(home, value, name, fresh(f"{name}/Constant")))
         folded.update({key: shared[-1] for key, _, _ in group})
